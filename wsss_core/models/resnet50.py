@@ -1,0 +1,96 @@
+"""ResNet-50 (Bottleneck) with torchvision/ImageNet state-dict names, as IRN's CAM network uses it.
+
+``strides=(2, 2, 2, 1)`` gives output stride 16 (IRN); ``(2, 2, 2, 2)`` the classic 32. With
+``frozen_bn`` every BatchNorm keeps its running statistics and gets no gradient; conv1/bn1 are frozen
+as in IRN (``freeze_stem``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from . import BACKBONES
+from .frozen import freeze, freeze_batchnorm, keep_batchnorm_frozen
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, dilation: int = 1):
+        super().__init__()
+        out_planes = planes * self.expansion
+        self.conv1 = nn.Conv2d(in_planes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=dilation, dilation=dilation, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, out_planes, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out_planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1 or in_planes != out_planes:
+            self.downsample = nn.Sequential(nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False),
+                                            nn.BatchNorm2d(out_planes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+class ResNet50(nn.Module):
+    """Stem + 4 stages; ``forward`` returns stage-4 features (2048 channels)."""
+
+    layers = (3, 4, 6, 3)
+
+    def __init__(self, strides: tuple[int, int, int, int] | list[int] = (2, 2, 2, 1), frozen_bn: bool = True,
+                 freeze_stem: bool = True):
+        super().__init__()
+        strides = tuple(strides)
+        if len(strides) != 4 or any(s not in (1, 2) for s in strides):
+            raise ValueError(f"strides must be 4 values of 1 or 2, got {strides}")
+        self.frozen_bn = frozen_bn
+        self.conv1 = nn.Conv2d(3, 64, 7, stride=strides[0], padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        in_planes = 64
+        stage_strides = (1, strides[1], strides[2], strides[3])
+        for index, (blocks, planes, stride) in enumerate(zip(self.layers, (64, 128, 256, 512), stage_strides)):
+            layer = [Bottleneck(in_planes, planes, stride)]
+            in_planes = planes * Bottleneck.expansion
+            layer += [Bottleneck(in_planes, planes) for _ in range(blocks - 1)]
+            setattr(self, f"layer{index + 1}", nn.Sequential(*layer))
+        self.out_channels = 2048
+        self.stage_channels = (256, 512, 1024, 2048)
+        self.output_stride = strides[0] * 2 * strides[1] * strides[2] * strides[3]  # the max-pool halves once more
+        if freeze_stem:
+            freeze(self.conv1)
+            freeze(self.bn1)
+        if frozen_bn:
+            freeze_batchnorm(self)
+
+    def train(self, mode: bool = True) -> "ResNet50":
+        super().train(mode)
+        if self.frozen_bn:
+            keep_batchnorm_frozen(self)
+        return self
+
+    def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        stages = []
+        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+            x = layer(x)
+            stages.append(x)
+        return stages
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_stages(x)[-1]
+
+
+@BACKBONES.register("resnet50")
+def resnet50(strides: tuple[int, int, int, int] | list[int] = (2, 2, 2, 1), frozen_bn: bool = True,
+             freeze_stem: bool = True) -> ResNet50:
+    return ResNet50(strides=strides, frozen_bn=frozen_bn, freeze_stem=freeze_stem)
