@@ -1,0 +1,114 @@
+"""What VOC and COCO datasets share: the sample dict, image-level labels, transforms and validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import DataError
+from .reading import labels_from_mask, load_cls_labels, read_image, read_mask
+from .transforms import Transform
+
+Sample = dict[str, Any]
+
+
+def irn_key(image_id: str) -> int | None:
+    """IRN ships cls_labels.npy keyed by the id as an integer (2007_000032 -> 2007000032)."""
+    digits = image_id.replace("_", "")
+    return int(digits) if digits.isdigit() else None
+
+
+class SegmentationDataset:
+    """A split of a segmentation dataset with image-level labels.
+
+    ``load(i)`` gives the raw sample ``dict(id, image uint8 HxWx3, label float32 (C,), mask uint8 HxW or
+    None)``; ``dataset[i]`` applies ``transform`` with ``rng = default_rng([0, 0, i])`` (the loader uses
+    ``[seed, epoch, i]`` instead). Foreground class c (0-based in ``label``) is value c + 1 in masks.
+    """
+
+    root: Path
+    split: str
+    ids: list[str]
+    num_classes: int
+    class_names: list[str]
+    transform: Transform | None
+    cls_labels: dict | None = None
+    cls_labels_path: Path | None = None
+
+    def image_path(self, image_id: str) -> Path:
+        raise NotImplementedError
+
+    def mask_path(self, image_id: str) -> Path | None:
+        """Where this image's mask lives, or None when the split has no masks for it."""
+        raise NotImplementedError
+
+    def mask_expected(self, image_id: str) -> bool:
+        """Whether validation must find a mask for this image."""
+        return self.mask_path(image_id) is not None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(root={str(self.root)!r}, split={self.split!r}, images={len(self)}, " \
+               f"classes={self.num_classes})"
+
+    def load(self, index: int) -> Sample:
+        image_id = self.ids[index]
+        image = read_image(self.image_path(image_id))
+        mask_path = self.mask_path(image_id)
+        mask = None
+        if mask_path is not None and (self.mask_expected(image_id) or mask_path.is_file()):
+            mask = read_mask(mask_path, self.num_classes, image.shape[:2])
+        return {"id": image_id, "image": image, "label": self.label_of(image_id, mask), "mask": mask}
+
+    def __getitem__(self, index: int) -> Sample:
+        sample = self.load(index)
+        if self.transform is not None:
+            sample = self.transform(sample, np.random.default_rng([0, 0, index]))
+        return sample
+
+    def label_of(self, image_id: str, mask: np.ndarray | None) -> np.ndarray:
+        """Image-level label from cls_labels when it has the id, else from the mask."""
+        if self.cls_labels is not None:
+            vector = self.cls_labels.get(image_id)
+            if vector is None:
+                vector = self.cls_labels.get(irn_key(image_id))
+            if vector is not None:
+                return np.asarray(vector, np.float32).copy()
+        if mask is not None:
+            return labels_from_mask(mask, self.num_classes)
+        if self.split == "test":
+            return np.zeros(self.num_classes, np.float32)  # test images come without labels
+        where = self.cls_labels_path or "no cls_labels file"
+        raise DataError(f"{self.image_path(image_id)}: no image-level label ({where} has no entry for "
+                        f"{image_id!r} and there is no mask to derive one from); add the label or the mask")
+
+    def set_cls_labels(self, path: Path, labels: dict | None = None) -> None:
+        """Use image-level labels from ``path`` (read unless given), checking every vector has C entries."""
+        self.cls_labels_path = path
+        self.cls_labels = load_cls_labels(path) if labels is None else labels
+        for key, vector in self.cls_labels.items():
+            length = int(np.asarray(vector).size)
+            if length != self.num_classes:
+                raise DataError(f"{path}: label vector of {key!r} has {length} entries but the dataset has "
+                                f"{self.num_classes} foreground classes ({', '.join(self.class_names[:5])}"
+                                f"{', ...' if self.num_classes > 5 else ''}); regenerate cls_labels for this "
+                                f"class list or pass the matching class names")
+
+    def validate(self) -> None:
+        """Check, before any training, that every listed image (and expected mask) exists."""
+        missing = []
+        for image_id in self.ids:
+            path = self.image_path(image_id)
+            if not path.is_file():
+                missing.append(str(path))
+            mask = self.mask_path(image_id)
+            if mask is not None and self.mask_expected(image_id) and not mask.is_file():
+                missing.append(str(mask))
+        if missing:
+            shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+            raise DataError(f"{self.root}: {len(missing)} file(s) listed in split {self.split!r} are missing: "
+                            f"{shown}; restore them or remove their ids from the split file")
