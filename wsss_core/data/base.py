@@ -70,14 +70,17 @@ class SegmentationDataset:
             sample = self.transform(sample, np.random.default_rng([0, 0, index]))
         return sample
 
+    def label_keys(self, image_id: str) -> list[Any]:
+        """Keys under which cls_labels may hold this image: the id, or IRN's integer form of it."""
+        return [image_id, irn_key(image_id)]
+
     def label_of(self, image_id: str, mask: np.ndarray | None) -> np.ndarray:
         """Image-level label from cls_labels when it has the id, else from the mask."""
         if self.cls_labels is not None:
-            vector = self.cls_labels.get(image_id)
-            if vector is None:
-                vector = self.cls_labels.get(irn_key(image_id))
-            if vector is not None:
-                return np.asarray(vector, np.float32).copy()
+            for key in self.label_keys(image_id):
+                vector = self.cls_labels.get(key)
+                if vector is not None:
+                    return np.asarray(vector, np.float32).reshape(-1).copy()
         if mask is not None:
             return labels_from_mask(mask, self.num_classes)
         if self.split == "test":
