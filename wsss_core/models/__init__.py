@@ -12,6 +12,7 @@ from typing import Any
 
 from torch import nn
 
+from ..errors import ConfigError
 from ..registry import Registry
 from .weights import load_weights
 
@@ -22,7 +23,10 @@ def build_backbone(name: str, pretrained: str | None = None, options: dict[str, 
                    where: str = "model.backbone") -> nn.Module:
     """Construct backbone ``name`` with ``options`` and load ``pretrained`` (a local path) if given."""
     constructor = BACKBONES.get(name, where)
-    model = constructor(**(options or {}))
+    try:
+        model = constructor(**(options or {}))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}_options: {exc} (backbone {name!r}, options {options or {}})") from None
     if pretrained:
         load_weights(model, pretrained)
     return model

@@ -1,0 +1,78 @@
+"""Where training metrics and the run status go: one small protocol, a JSON-lines default.
+
+The default sink prints a line every ``print_every`` steps and appends every record to
+``<run_dir>/metrics.jsonl``; ``status.json`` says running / finished / failed (with the error line).
+An MLflow layer implements the same protocol. Only rank 0 gets a real sink (others get NullSink).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+
+class MetricsSink(Protocol):
+    def log_params(self, params: dict[str, Any]) -> None: ...
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+
+    def set_status(self, status: str, error: str | None = None) -> None: ...
+
+
+class NullSink:
+    """For ranks other than 0."""
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        pass
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        pass
+
+    def set_status(self, status: str, error: str | None = None) -> None:
+        pass
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write then rename, so a reader never sees half a file (a killed run leaves the old one)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def read_status(run_dir: str | Path) -> dict[str, Any] | None:
+    path = Path(run_dir) / "status.json"
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+class JsonlSink:
+    """Appends ``{"step": s, "time": t, **metrics}`` lines to metrics.jsonl and keeps status.json."""
+
+    def __init__(self, run_dir: str | Path, print_every: int = 10, stream=sys.stdout, stage: str = "train"):
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.print_every = print_every
+        self.stream = stream
+        self.stage = stage
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        write_json_atomic(self.run_dir / "params.json", params)
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        record = {"step": step, "time": round(time.time(), 3), **{k: float(v) for k, v in metrics.items()}}
+        with open(self.run_dir / "metrics.jsonl", "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if self.stream is not None and step % self.print_every == 0:
+            shown = "  ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+            print(f"[{self.stage}] step {step}  {shown}", file=self.stream, flush=True)
+
+    def set_status(self, status: str, error: str | None = None) -> None:
+        previous = read_status(self.run_dir) or {}
+        record = {**previous, "stage": self.stage, "status": status, "error": error, "updated": time.time()}
+        write_json_atomic(self.run_dir / "status.json", record)
