@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -50,7 +51,8 @@ def setup_distributed(device: str = "auto") -> DistEnv:
         torch.cuda.set_device(target)
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if target.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world_size)
+        dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world_size,
+                                timeout=timedelta(seconds=float(os.environ.get("WSSS_DIST_TIMEOUT_S", "1800"))))
     return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank, device=target)
 
 

@@ -74,5 +74,7 @@ class JsonlSink:
 
     def set_status(self, status: str, error: str | None = None) -> None:
         previous = read_status(self.run_dir) or {}
-        record = {**previous, "stage": self.stage, "status": status, "error": error, "updated": time.time()}
+        # Top level: the latest stage's state; "stages" keeps each stage's (train, cams) own line.
+        stages = {**previous.get("stages", {}), self.stage: {"status": status, "error": error}}
+        record = {"stage": self.stage, "status": status, "error": error, "updated": time.time(), "stages": stages}
         write_json_atomic(self.run_dir / "status.json", record)

@@ -285,8 +285,8 @@ def train(cfg: RunConfig, run_dir: str | Path, sink: MetricsSink | None = None, 
 
 
 def is_finished(run_dir: str | Path) -> bool:
-    status = read_status(run_dir)
-    return bool(status and status.get("stage") == "train" and status.get("status") == "finished")
+    status = read_status(run_dir) or {}
+    return status.get("stages", {}).get("train", {}).get("status") == "finished"
 
 
 __all__ = ["train", "Trainer", "RankShardSampler", "is_finished", "KILL_AFTER_STEP_ENV"]

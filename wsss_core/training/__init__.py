@@ -1,0 +1,22 @@
+"""Training and CAM generation: ``train(cfg, run_dir)``, ``make_cams(cfg, run_dir)``, the run config.
+
+Both entry points run inside an already-set distributed environment (RANK, WORLD_SIZE, …) or as a
+single process; ``launch_local`` spawns N local processes for them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .config import RunConfig, load_run_config, stage_key
+from .launch import launch_local
+from .trainer import train
+
+
+def make_cams(cfg: RunConfig, run_dir: Any, **kwargs: Any) -> dict:
+    from .cams import make_cams as _make_cams  # imports the evaluation package only when needed
+
+    return _make_cams(cfg, run_dir, **kwargs)
+
+
+__all__ = ["RunConfig", "load_run_config", "stage_key", "train", "make_cams", "launch_local"]

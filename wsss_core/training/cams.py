@@ -1,0 +1,105 @@
+"""CAM generation: the trained model's multi-scale × flip CAMs for a split, written to the run's CamStore
+(sharded across DDP ranks), then scored over every threshold by rank 0.
+
+Per image (see the baseline's ``multiscale_cams``): per scale ReLU(CAM), flipped map flipped back,
+summed over scales at image size, ground-truth classes kept, each divided by its max + 1e-5.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..baselines.compose import build_model
+from ..data import build_dataset
+from ..data.transforms import Normalize
+from ..evaluation import CamStore, evaluate_cams, write_eval_outputs
+from ..progress import progress
+from .checkpoint import load_model_weights
+from .config import RunConfig, stage_key
+from .distributed import DistEnv, barrier, broadcast_object, setup_distributed
+from .metrics import JsonlSink, MetricsSink, NullSink
+
+CAM_DIR = "cams"
+EVAL_DIR = "eval"
+
+
+def _prepare_store(env: DistEnv, path: Path, num_classes: int, class_names: list[str], meta: dict) -> None:
+    """Rank 0 (re)creates the store; a store made by another model or CAM setting is replaced."""
+    if env.is_main:
+        meta_file = path / "meta.json"
+        if path.exists() and (not meta_file.is_file() or meta.get("cams_key") not in meta_file.read_text()):
+            shutil.rmtree(path)
+        CamStore.create(path, num_classes, class_names=class_names, meta=meta)
+    barrier(env)
+
+
+def _autocast(cfg: RunConfig, env: DistEnv):
+    if env.device.type == "cuda" and cfg.train.amp == "bf16":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def write_cams(cfg: RunConfig, run_dir: Path, env: DistEnv) -> Path:
+    """This rank's share of the split (images rank, rank + W, …) into ``<run_dir>/cams``."""
+    dataset = build_dataset(cfg.data.dataset, cfg.data.root, cfg.cams.split)
+    weights, meta = load_model_weights(run_dir)
+    model = build_model(cfg.model, cfg.addons, dataset.num_classes)
+    model.load_state_dict(weights)
+    model.to(env.device).eval()
+    store_path = run_dir / CAM_DIR
+    _prepare_store(env, store_path, dataset.num_classes, list(dataset.class_names),
+                   {"train_key": meta["stage_key"], "cams_key": stage_key(cfg, "cams"), "split": cfg.cams.split})
+    store = CamStore(store_path)
+    normalize = Normalize()
+    mine = range(env.rank, len(dataset), env.world_size)
+    for index in progress(mine, desc=f"cams rank {env.rank}", total=len(mine), unit="img",
+                          disable=not env.is_main):
+        sample = dataset.load(index)
+        if sample["id"] in store:
+            continue  # written by an earlier, interrupted run of the same model and settings
+        image = torch.from_numpy(normalize(sample, np.random.default_rng(0))["image"])[None].to(env.device)
+        label = torch.from_numpy(np.asarray(sample["label"], np.float32)).to(env.device)
+        with _autocast(cfg, env):
+            result = model.baseline.multiscale_cams(image, label, cfg.cams.scales, cfg.cams.flip)
+        bg = None if result.bg is None else result.bg.float().cpu().numpy()
+        store.write(sample["id"], np.asarray(result.keys, np.int64), result.cams.float().cpu().numpy(), bg=bg)
+    barrier(env)
+    return store_path
+
+
+def summarise(result: dict[str, Any]) -> dict[str, Any]:
+    """The scalar part of an evaluation result (best threshold, its mIoU, …) for logs and trackers."""
+    return {k: v for k, v in result.items() if isinstance(v, (int, float, str, bool)) and not
+            (isinstance(v, float) and math.isnan(v))}
+
+
+def make_cams(cfg: RunConfig, run_dir: str | Path, sink: MetricsSink | None = None) -> dict[str, Any]:
+    """Write the CAMs of ``cfg.cams.split`` with the model trained in ``run_dir`` and score them;
+    returns the evaluation summary on every rank."""
+    run_dir = Path(run_dir)
+    env = setup_distributed(cfg.train.device)
+    sink = (sink or JsonlSink(run_dir, stage="cams")) if env.is_main else NullSink()
+    summary: dict[str, Any] | None = None
+    try:
+        sink.set_status("running")
+        store_path = write_cams(cfg, run_dir, env)
+        if env.is_main:
+            result = evaluate_cams(store_path, cfg.data.root, cfg.cams.split,
+                                   thresholds=list(cfg.eval.thresholds) if cfg.eval.thresholds else None,
+                                   pred_255=cfg.eval.pred_255, workers=cfg.eval.workers)
+            write_eval_outputs(result, run_dir / EVAL_DIR)
+            summary = {"cam_store": str(store_path), "eval_dir": str(run_dir / EVAL_DIR), **summarise(result)}
+        summary = broadcast_object(env, summary)
+    except Exception as exc:
+        line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        sink.set_status("failed", f"{type(exc).__name__}: {line}")
+        raise
+    sink.set_status("finished")
+    return summary
