@@ -1,0 +1,111 @@
+"""Contour quality: the DAVIS boundary F-measure, summed per class over a split (as HFPL reports it).
+
+Per class, binary masks of prediction and ground truth; their boundary maps (DAVIS ``seg2bmap``: a pixel
+is boundary if it differs from its right, bottom or bottom-right neighbour); each dilated by a disk of
+radius ceil(0.008 x image diagonal). Matched boundary pixels and boundary totals are summed per class over
+the whole split; precision, recall and F per class follow, and the means are over foreground classes
+only. Ground truth 255 counts as background here (HFPL's choice).
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import numpy as np
+from scipy import ndimage
+
+VOID = 255
+BOUND_FRACTION = 0.008
+
+
+def seg2bmap(mask: np.ndarray) -> np.ndarray:
+    """Boundary map of a binary mask, with DAVIS semantics (the last row/column compare one way only)."""
+    seg = mask.astype(bool)
+    east = np.zeros_like(seg)
+    south = np.zeros_like(seg)
+    south_east = np.zeros_like(seg)
+    east[:, :-1] = seg[:, 1:]
+    south[:-1, :] = seg[1:, :]
+    south_east[:-1, :-1] = seg[1:, 1:]
+    bmap = (seg ^ east) | (seg ^ south) | (seg ^ south_east)
+    bmap[-1, :] = seg[-1, :] ^ east[-1, :]
+    bmap[:, -1] = seg[:, -1] ^ south[:, -1]
+    bmap[-1, -1] = False
+    return bmap
+
+
+def tolerance_pixels(shape: tuple[int, int], fraction: float = BOUND_FRACTION) -> int:
+    """DAVIS: ceil(fraction x image diagonal), or the value itself if it is >= 1 (pixels)."""
+    if fraction >= 1:
+        return int(fraction)
+    return int(np.ceil(fraction * np.linalg.norm(shape)))
+
+
+@lru_cache(maxsize=16)
+def disk(radius: int) -> np.ndarray:
+    """skimage.morphology.disk: the pixels with x^2 + y^2 <= radius^2."""
+    yy, xx = np.mgrid[-radius: radius + 1, -radius: radius + 1]
+    return (xx * xx + yy * yy) <= radius * radius
+
+
+def dilate(bmap: np.ndarray, radius: int) -> np.ndarray:
+    """Disk dilation, computed only on the boundary pixels' bounding box (plus the radius)."""
+    rows = np.flatnonzero(bmap.any(axis=1))
+    out = np.zeros_like(bmap)
+    if rows.size == 0:
+        return out
+    cols = np.flatnonzero(bmap.any(axis=0))
+    r0, r1 = max(rows[0] - radius, 0), min(rows[-1] + radius + 1, bmap.shape[0])
+    c0, c1 = max(cols[0] - radius, 0), min(cols[-1] + radius + 1, bmap.shape[1])
+    out[r0:r1, c0:c1] = ndimage.binary_dilation(bmap[r0:r1, c0:c1], structure=disk(radius))
+    return out
+
+
+class BoundaryScore:
+    """Matched and total boundary pixels per class (index = label value), summed over images."""
+
+    def __init__(self, num_classes: int, fraction: float = BOUND_FRACTION):
+        self.num_classes = num_classes  # foreground classes C; arrays are indexed 0..C
+        self.fraction = fraction
+        self.pred_matched = np.zeros(num_classes + 1, np.int64)
+        self.pred_total = np.zeros(num_classes + 1, np.int64)
+        self.gt_matched = np.zeros(num_classes + 1, np.int64)
+        self.gt_total = np.zeros(num_classes + 1, np.int64)
+
+    def add(self, pred: np.ndarray, gt: np.ndarray) -> None:
+        """Add one image's label maps (pred 255 belongs to no class; gt 255 counts as background)."""
+        gt = np.where(gt == VOID, 0, gt)
+        radius = tolerance_pixels(gt.shape, self.fraction)
+        present = np.union1d(np.unique(pred), np.unique(gt))
+        for cls in present[(present >= 1) & (present <= self.num_classes)]:
+            pred_b = seg2bmap(pred == cls)
+            gt_b = seg2bmap(gt == cls)
+            self.pred_matched[cls] += np.count_nonzero(pred_b & dilate(gt_b, radius))
+            self.gt_matched[cls] += np.count_nonzero(gt_b & dilate(pred_b, radius))
+            self.pred_total[cls] += np.count_nonzero(pred_b)
+            self.gt_total[cls] += np.count_nonzero(gt_b)
+
+    def merge(self, other: "BoundaryScore") -> None:
+        for name in ("pred_matched", "pred_total", "gt_matched", "gt_total"):
+            getattr(self, name).__iadd__(getattr(other, name))
+
+    def per_class(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Precision, recall, F per foreground class (index 0 = class 1); NaN for a class with no
+        boundary in prediction or ground truth; DAVIS conventions when only one side has boundaries."""
+        c = slice(1, self.num_classes + 1)
+        pm, pt, gm, gtt = (a[c].astype(np.float64) for a in
+                           (self.pred_matched, self.pred_total, self.gt_matched, self.gt_total))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            precision = np.where(pt > 0, pm / pt, np.where(gtt > 0, 1.0, np.nan))
+            recall = np.where(gtt > 0, gm / gtt, np.where(pt > 0, 1.0, np.nan))
+            f = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+        f = np.where(np.isnan(precision), np.nan, f)
+        return precision, recall, f
+
+    def summary(self) -> dict:
+        precision, recall, f = self.per_class()
+        mean = (lambda a: float(np.nanmean(a)) if np.isfinite(a).any() else math.nan)
+        return {"precision": mean(precision), "recall": mean(recall), "f": mean(f),
+                "per_class_precision": precision.tolist(), "per_class_recall": recall.tolist(),
+                "per_class_f": f.tolist(), "tolerance_fraction": self.fraction}

@@ -1,0 +1,288 @@
+"""Entry points of the evaluation stage: score a CAM store at every threshold, or a folder of label PNGs.
+
+Both return one JSON-serialisable dict (see ``evaluate_cams``); ``report.write_eval_outputs`` writes it
+as eval.json, eval.csv and threshold_curve.png.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Literal, Sequence
+
+import numpy as np
+
+from ..errors import CamStoreError, ConfigError, DataError
+from ..progress import progress
+from .boundary import BoundaryScore
+from .cam_store import CamStore
+from .ground_truth import num_foreground_classes, read_gt_mask, read_label_png, read_split_ids
+from .threshold_sweep import (VOID, ThresholdSweep, class_map_from_cams, default_thresholds, predict_labels,
+                              robustness, scores_from_confusion, validate_thresholds)
+
+Pred255 = Literal["wrong", "ignore"]
+BoundarySpec = Sequence[float | str]
+DEFAULT_BOUNDARY_AT: tuple[float | str, ...] = ("best", 0.25)
+_CHUNK = 32  # images per task when sharded over processes
+
+
+def evaluate_cams(cam_store_path: str | Path, data_root: str | Path, split: str,
+                  thresholds: Sequence[float] | None = None, num_classes: int | None = None,
+                  boundary_thresholds: BoundarySpec | None = None, pred_255: Pred255 = "wrong",
+                  workers: int = 1) -> dict:
+    """Score a CAM store against ``<data_root>``'s ``split`` at every threshold, in one pass.
+
+    Returns a dict with: ``thresholds``; ``per_threshold`` (threshold, miou, mean_precision, mean_recall,
+    iou/precision/recall per class, background first); ``best`` (threshold, miou, index); ``robustness``
+    (mean mIoU within +-0.1 of the best; the contiguous threshold interval within 1 point of the best
+    and its width); ``boundary`` (DAVIS P/R/F at the chosen thresholds, default the best one and 0.25;
+    ``"best"`` may be listed); ``confusion_at_best``; ``num_images``. NaN becomes None.
+    ``pred_255`` is recorded only: CAMs never predict 255.
+    """
+    _check_pred_255(pred_255)
+    store = CamStore(cam_store_path)
+    C = store.num_classes
+    if num_classes is not None and num_classes != C:
+        raise CamStoreError(f"{store.path}: store has num_classes={C}, evaluation asked for {num_classes}")
+    ids = read_split_ids(data_root, split)
+    _check_store_covers(store, ids, split)
+    thresholds = validate_thresholds(default_thresholds() if thresholds is None else thresholds)
+    fixed_bt, want_best = _boundary_plan(DEFAULT_BOUNDARY_AT if boundary_thresholds is None else boundary_thresholds)
+
+    task = _CamTask(str(store.path), str(data_root), C, tuple(thresholds), tuple(fixed_bt))
+    sweep, boundaries = _run(task, ids, workers, f"eval {split}")
+    conf = sweep.confusions()
+    rows = [_scores_row(t, conf[j]) for j, t in enumerate(thresholds)]
+    mious = np.array([r["miou"] if r["miou"] is not None else np.nan for r in rows])
+    best = int(np.nanargmax(mious)) if np.isfinite(mious).any() else 0
+    best_t = thresholds[best]
+    if want_best and not any(np.float32(t) == np.float32(best_t) for t in fixed_bt):
+        extra = _CamTask(task.store, task.data_root, C, (best_t,), (best_t,), sweep=False)
+        _, best_boundary = _run(extra, ids, workers, f"eval {split}: boundary at best threshold {best_t:g}")
+        boundaries.update(best_boundary)
+    rob = robustness(thresholds, np.nan_to_num(mious, nan=0.0))
+    result = {
+        "source": {"kind": "cams", "path": str(store.path)},
+        "data_root": str(data_root), "split": split, "num_images": sweep.num_images,
+        "num_classes": C + 1, "class_names": _class_names(store.class_names, C),
+        "pred_255": pred_255, "thresholds": list(thresholds), "per_threshold": rows,
+        "best": {"threshold": best_t, "miou": rows[best]["miou"], "index": best},
+        "robustness": {"window": rob.window, "mean_miou_near_best": rob.mean_miou_near_best,
+                       "tolerance": rob.tolerance, "plateau": [rob.plateau_low, rob.plateau_high],
+                       "plateau_width": rob.plateau_width},
+        "boundary": [dict(threshold=t, **boundaries[t].summary()) for t in sorted(boundaries)],
+        "confusion_at_best": conf[best].tolist(),
+    }
+    return _json_safe(result)
+
+
+def evaluate_label_dir(label_dir: str | Path, data_root: str | Path, split: str, num_classes: int | None = None,
+                       pred_255: Pred255 = "wrong", boundary: bool = True, workers: int = 1) -> dict:
+    """Score label PNGs ``<label_dir>/<id>.png`` (e.g. CRF pseudo-labels) against the split's ground truth.
+
+    Same dict as :func:`evaluate_cams` with one row (``threshold`` None) and no robustness. A predicted
+    255 counts as wrong (the reference evaluators' behaviour) or, with ``pred_255="ignore"``, is left out.
+    """
+    _check_pred_255(pred_255)
+    label_dir = Path(label_dir)
+    if not label_dir.is_dir():
+        raise DataError(f"{label_dir}: label folder not found")
+    C = num_classes if num_classes is not None else num_foreground_classes(data_root)
+    if C is None:
+        raise ConfigError(f"{data_root}: no cls_labels.npy to read the number of classes from; "
+                          "pass num_classes (--num-classes)")
+    ids = read_split_ids(data_root, split)
+    missing = [i for i in ids if not (label_dir / f"{i}.png").is_file()]
+    if missing:
+        raise DataError(f"{label_dir}: {len(missing)} of {len(ids)} images of split {split!r} have no label "
+                        f"PNG, e.g. {', '.join(missing[:5])}")
+    task = _LabelTask(str(label_dir), str(data_root), C, pred_255, boundary)
+    conf, boundaries = _run(task, ids, workers, f"eval labels {split}")
+    row = _scores_row(None, conf[:, : C + 1], void_predictions=conf[:, C + 1])
+    result = {
+        "source": {"kind": "labels", "path": str(label_dir)},
+        "data_root": str(data_root), "split": split, "num_images": len(ids),
+        "num_classes": C + 1, "class_names": _class_names(None, C), "pred_255": pred_255,
+        "thresholds": [], "per_threshold": [row],
+        "best": {"threshold": None, "miou": row["miou"], "index": 0}, "robustness": None,
+        "boundary": [dict(threshold=None, **b.summary()) for b in boundaries.values()],
+        "confusion_at_best": conf[:, : C + 1].tolist(),
+        "void_predictions": conf[:, C + 1].tolist(),
+    }
+    return _json_safe(result)
+
+
+# -- per-shard work (module level so process pools can pickle it) -----------------------------------
+
+class _CamTask:
+    def __init__(self, store: str, data_root: str, num_classes: int, thresholds: tuple, boundary_at: tuple,
+                 sweep: bool = True):
+        self.store, self.data_root, self.num_classes = store, data_root, num_classes
+        self.thresholds, self.boundary_at, self.sweep = thresholds, boundary_at, sweep
+        self._opened: CamStore | None = None
+
+    def __getstate__(self):
+        return {**self.__dict__, "_opened": None}
+
+    def new_state(self):
+        sweep = ThresholdSweep(self.num_classes, self.thresholds) if self.sweep else None
+        return sweep, {t: BoundaryScore(self.num_classes) for t in self.boundary_at}
+
+    def add(self, state, image_id: str) -> None:
+        sweep, boundaries = state
+        if self._opened is None:
+            self._opened = CamStore(self.store)
+        keys, cams = self._opened.read(image_id)
+        gt = read_gt_mask(self.data_root, image_id)
+        if cams.shape[1:] != gt.shape:
+            raise CamStoreError(f"{self.store}: image {image_id!r}: CAM shape {cams.shape[1:]} differs from its "
+                                f"ground truth {gt.shape}")
+        if sweep is not None:
+            sweep.add(image_id, keys, cams, gt)
+        if boundaries:
+            m, class_map = class_map_from_cams(keys, cams)
+            for t, score in boundaries.items():
+                score.add(predict_labels(m, class_map, t), gt)
+
+    def run(self, ids: list[str]):
+        state = self.new_state()
+        for image_id in ids:
+            self.add(state, image_id)
+        return state
+
+    @staticmethod
+    def merge(total, part) -> None:
+        if total[0] is not None:
+            total[0].merge(part[0])
+        for t, score in total[1].items():
+            score.merge(part[1][t])
+
+
+class _LabelTask:
+    def __init__(self, label_dir: str, data_root: str, num_classes: int, pred_255: str, boundary: bool):
+        self.label_dir, self.data_root, self.num_classes = label_dir, data_root, num_classes
+        self.pred_255, self.boundary = pred_255, boundary
+
+    def new_state(self):
+        C = self.num_classes
+        # columns 0..C are classes, column C+1 counts predictions of 255
+        return np.zeros((C + 1, C + 2), np.int64), ({None: BoundaryScore(C)} if self.boundary else {})
+
+    def add(self, state, image_id: str) -> None:
+        conf, boundaries = state
+        C = self.num_classes
+        pred = read_label_png(Path(self.label_dir) / f"{image_id}.png", image_id)
+        gt = read_gt_mask(self.data_root, image_id)
+        if pred.shape != gt.shape:
+            raise DataError(f"{self.label_dir}: image {image_id!r}: label shape {pred.shape} differs from its "
+                            f"ground truth {gt.shape}")
+        _check_values(image_id, pred, C, f"{self.label_dir}: labels")
+        _check_values(image_id, gt, C, "ground truth")
+        keep = gt != VOID
+        if self.pred_255 == "ignore":
+            keep &= pred != VOID
+        pred_column = pred[keep].astype(np.int64)
+        pred_column[pred_column == VOID] = C + 1
+        index = gt[keep].astype(np.int64) * (C + 2) + pred_column
+        conf += np.bincount(index, minlength=(C + 1) * (C + 2)).reshape(C + 1, C + 2)
+        for score in boundaries.values():
+            score.add(pred, gt)
+
+    def run(self, ids: list[str]):
+        state = self.new_state()
+        for image_id in ids:
+            self.add(state, image_id)
+        return state
+
+    @staticmethod
+    def merge(total, part) -> None:
+        total[0] += part[0]
+        for key, score in total[1].items():
+            score.merge(part[1][key])
+
+
+def _check_values(image_id: str, labels: np.ndarray, num_classes: int, what: str) -> None:
+    values = np.unique(labels)
+    bad = values[(values > num_classes) & (values != VOID)]
+    if bad.size:
+        raise DataError(f"{what}: image {image_id!r} has values {bad.tolist()[:10]} outside 0..{num_classes} "
+                        f"and {VOID}")
+
+
+def _run(task, ids: list[str], workers: int, desc: str):
+    """Run ``task`` over ``ids`` in this process or sharded over ``workers`` processes; merged state."""
+    if workers < 1:
+        raise ConfigError(f"workers must be >= 1, got {workers}")
+    if workers == 1 or len(ids) <= _CHUNK:
+        state = task.new_state()
+        for image_id in progress(ids, desc=desc, total=len(ids), unit="img"):
+            task.add(state, image_id)
+        return state
+    chunks = [ids[i: i + _CHUNK] for i in range(0, len(ids), _CHUNK)]
+    state = task.new_state()
+    with ProcessPoolExecutor(max_workers=workers, mp_context=_mp_context()) as pool:
+        for part in progress(pool.map(task.run, chunks), desc=desc, total=len(chunks), unit="chunk"):
+            task.merge(state, part)
+    return state
+
+
+def _mp_context():
+    # fork starts workers in milliseconds; spawn-only platforms (macOS, Windows) fall back to the default
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("fork" if "fork" in methods and os.name == "posix" else None)
+
+
+def _check_pred_255(pred_255: str) -> None:
+    if pred_255 not in ("wrong", "ignore"):
+        raise ConfigError(f"pred_255: {pred_255!r} is not valid; valid choices: 'wrong', 'ignore'")
+
+
+def _check_store_covers(store: CamStore, ids: list[str], split: str) -> None:
+    missing = [i for i in ids if i not in store]
+    if missing:
+        raise CamStoreError(f"{store.path}: {len(missing)} of {len(ids)} images of split {split!r} have no CAMs, "
+                            f"e.g. {', '.join(missing[:5])}")
+
+
+def _boundary_plan(spec: BoundarySpec) -> tuple[list[float], bool]:
+    fixed, want_best = [], False
+    for item in spec:
+        if isinstance(item, str) and item.strip().lower() == "best":
+            want_best = True
+            continue
+        try:
+            value = float(item)
+        except (TypeError, ValueError):
+            raise ConfigError(f"boundary thresholds: {item!r} is not a number or 'best'") from None
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"boundary thresholds: {value} is outside [0, 1]")
+        fixed.append(value)
+    return sorted(set(fixed)), want_best
+
+
+def _scores_row(threshold, conf: np.ndarray, void_predictions: np.ndarray | None = None) -> dict:
+    scores = scores_from_confusion(conf, void_predictions)
+    return {"threshold": threshold, "miou": scores.miou, "mean_precision": scores.mean_precision,
+            "mean_recall": scores.mean_recall, "iou": scores.iou.tolist(),
+            "precision": scores.precision.tolist(), "recall": scores.recall.tolist()}
+
+
+def _class_names(names: list[str] | None, num_classes: int) -> list[str]:
+    return ["background"] + (list(names) if names else [f"class_{k}" for k in range(num_classes)])
+
+
+def _json_safe(value):
+    """NaN/inf -> None, numpy scalars -> Python, so the dict is strict JSON."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (np.floating, float)):
+        value = float(value)
+        return value if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
