@@ -8,9 +8,10 @@ failure modes WSSS methods exist to fix show up on it, rather than being an easy
   blob, ellipse or rotated box filled with its class's texture family (stripes, checkerboards, dots,
   waves, veined noise) whose colours are jittered per instance. Backgrounds are smooth colour noise
   with 3 to 7 distractor shapes of their own textures and per-pixel sensor noise, saved as JPEG.
-* **Contours on colour edges.** Every object is drawn with a hard boundary and a colour distinct from
-  its surroundings, so object contours coincide with image colour edges: what the HFPL feature
-  similarity loss exploits to spread CAMs up to the object boundary.
+* **Contours on colour edges.** Every object (and every distractor) is drawn with a hard boundary and a
+  darker one-pixel rim, so object contours coincide with image colour edges even where the body looks
+  like the background: what the HFPL feature similarity loss exploits to spread CAMs up to the
+  object boundary.
 * **Part-discriminative classes.** For some classes ("beetle", "kite": every third class) only part of the
   object carries the class cue: a distinctive head patch or a band at one end; the rest of the body has
   a generic brown-grey texture that background distractors share. A plain CAM fires on the part and
@@ -181,6 +182,16 @@ def _paint(canvas: np.ndarray, region: np.ndarray, pattern: np.ndarray, colors, 
     canvas[region] = c0 * (1 - p) + c1 * p
 
 
+def _outline(canvas: np.ndarray, region: np.ndarray) -> None:
+    """Darken the shape's rim so its contour is a colour edge even on a look-alike background."""
+    inner = region.copy()  # 4-neighbour erosion by slicing (ndimage's is slower at this size)
+    inner[1:] &= region[:-1]
+    inner[:-1] &= region[1:]
+    inner[:, 1:] &= region[:, :-1]
+    inner[:, :-1] &= region[:, 1:]
+    canvas[region & ~inner] *= 0.55
+
+
 def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     """Smooth colour noise plus distractor shapes (some with the generic body texture)."""
     canvas = np.empty((height, width, 3), np.float32)
@@ -198,6 +209,7 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
             texture = _BACKGROUND_TEXTURES[rng.integers(len(_BACKGROUND_TEXTURES))]
         pattern = _texture(texture, shape.u, shape.v, rng.uniform(4, 10), noise)
         _paint(canvas, shape.mask, pattern, colors, rng)
+        _outline(canvas, shape.mask)  # distractors get rims too: a rim is an edge, not a class cue
     return canvas
 
 
@@ -251,6 +263,7 @@ def render_image(rng: np.random.Generator, designs: list[ClassDesign], height: i
             _paint(canvas, cue, pattern, design.colors, rng)
         else:
             _paint(canvas, shape.mask, pattern, design.colors, rng)
+        _outline(canvas, shape.mask)
     canvas += rng.normal(0, 0.025, canvas.shape).astype(np.float32)  # sensor noise
     image = (np.clip(canvas, 0, 1) * 255 + 0.5).astype(np.uint8)
     label[band] = VOID
