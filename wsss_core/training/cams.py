@@ -75,9 +75,15 @@ def write_cams(cfg: RunConfig, run_dir: Path, env: DistEnv) -> Path:
 
 
 def summarise(result: dict[str, Any]) -> dict[str, Any]:
-    """The scalar part of an evaluation result (best threshold, its mIoU, …) for logs and trackers."""
-    return {k: v for k, v in result.items() if isinstance(v, (int, float, str, bool)) and not
-            (isinstance(v, float) and math.isnan(v))}
+    """The scalars of an evaluation result (best threshold and mIoU, image count, …) for logs and trackers,
+    nested mappings flattened one level (``best.miou`` → ``best_miou``)."""
+    out: dict[str, Any] = {}
+    for key, value in result.items():
+        items = value.items() if isinstance(value, dict) else [(None, value)]
+        for sub, item in items:
+            if isinstance(item, (int, float, str, bool)) and not (isinstance(item, float) and math.isnan(item)):
+                out[key if sub is None else f"{key}_{sub}"] = item
+    return out
 
 
 def make_cams(cfg: RunConfig, run_dir: str | Path, sink: MetricsSink | None = None) -> dict[str, Any]:
