@@ -7,18 +7,15 @@ as eval.json, eval.csv and threshold_curve.png.
 from __future__ import annotations
 
 import math
-import multiprocessing
-import os
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Literal, Sequence
 
 import numpy as np
 
 from ..errors import CamStoreError, ConfigError, DataError
-from ..progress import progress
 from .boundary import BoundaryScore
 from .cam_store import CamStore
+from .parallel import run_sharded
 from .ground_truth import num_foreground_classes, read_gt_mask, read_label_png, read_split_ids
 from .threshold_sweep import (VOID, ThresholdSweep, class_map_from_cams, default_thresholds, predict_labels,
                               robustness, scores_from_confusion, validate_thresholds)
@@ -26,7 +23,6 @@ from .threshold_sweep import (VOID, ThresholdSweep, class_map_from_cams, default
 Pred255 = Literal["wrong", "ignore"]
 BoundarySpec = Sequence[float | str]
 DEFAULT_BOUNDARY_AT: tuple[float | str, ...] = ("best", 0.25)
-_CHUNK = 32  # images per task when sharded over processes
 
 
 def evaluate_cams(cam_store_path: str | Path, data_root: str | Path, split: str,
@@ -53,7 +49,7 @@ def evaluate_cams(cam_store_path: str | Path, data_root: str | Path, split: str,
     fixed_bt, want_best = _boundary_plan(DEFAULT_BOUNDARY_AT if boundary_thresholds is None else boundary_thresholds)
 
     task = _CamTask(str(store.path), str(data_root), C, tuple(thresholds), tuple(fixed_bt))
-    sweep, boundaries = _run(task, ids, workers, f"eval {split}")
+    sweep, boundaries = run_sharded(task, ids, workers, f"eval {split}")
     conf = sweep.confusions()
     rows = [_scores_row(t, conf[j]) for j, t in enumerate(thresholds)]
     mious = np.array([r["miou"] if r["miou"] is not None else np.nan for r in rows])
@@ -61,7 +57,7 @@ def evaluate_cams(cam_store_path: str | Path, data_root: str | Path, split: str,
     best_t = thresholds[best]
     if want_best and not any(np.float32(t) == np.float32(best_t) for t in fixed_bt):
         extra = _CamTask(task.store, task.data_root, C, (best_t,), (best_t,), sweep=False)
-        _, best_boundary = _run(extra, ids, workers, f"eval {split}: boundary at best threshold {best_t:g}")
+        _, best_boundary = run_sharded(extra, ids, workers, f"eval {split}: boundary at best threshold {best_t:g}")
         boundaries.update(best_boundary)
     rob = robustness(thresholds, np.nan_to_num(mious, nan=0.0))
     result = {
@@ -100,7 +96,7 @@ def evaluate_label_dir(label_dir: str | Path, data_root: str | Path, split: str,
         raise DataError(f"{label_dir}: {len(missing)} of {len(ids)} images of split {split!r} have no label "
                         f"PNG, e.g. {', '.join(missing[:5])}")
     task = _LabelTask(str(label_dir), str(data_root), C, pred_255, boundary)
-    conf, boundaries = _run(task, ids, workers, f"eval labels {split}")
+    conf, boundaries = run_sharded(task, ids, workers, f"eval labels {split}")
     row = _scores_row(None, conf[:, : C + 1], void_predictions=conf[:, C + 1])
     result = {
         "source": {"kind": "labels", "path": str(label_dir)},
@@ -210,29 +206,6 @@ def _check_values(image_id: str, labels: np.ndarray, num_classes: int, what: str
     if bad.size:
         raise DataError(f"{what}: image {image_id!r} has values {bad.tolist()[:10]} outside 0..{num_classes} "
                         f"and {VOID}")
-
-
-def _run(task, ids: list[str], workers: int, desc: str):
-    """Run ``task`` over ``ids`` in this process or sharded over ``workers`` processes; merged state."""
-    if workers < 1:
-        raise ConfigError(f"workers must be >= 1, got {workers}")
-    if workers == 1 or len(ids) <= _CHUNK:
-        state = task.new_state()
-        for image_id in progress(ids, desc=desc, total=len(ids), unit="img"):
-            task.add(state, image_id)
-        return state
-    chunks = [ids[i: i + _CHUNK] for i in range(0, len(ids), _CHUNK)]
-    state = task.new_state()
-    with ProcessPoolExecutor(max_workers=workers, mp_context=_mp_context()) as pool:
-        for part in progress(pool.map(task.run, chunks), desc=desc, total=len(chunks), unit="chunk"):
-            task.merge(state, part)
-    return state
-
-
-def _mp_context():
-    # fork starts workers in milliseconds; spawn-only platforms (macOS, Windows) fall back to the default
-    methods = multiprocessing.get_all_start_methods()
-    return multiprocessing.get_context("fork" if "fork" in methods and os.name == "posix" else None)
 
 
 def _check_pred_255(pred_255: str) -> None:

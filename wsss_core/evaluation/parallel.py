@@ -1,0 +1,39 @@
+"""Run a per-image task over a list of ids, in this process or sharded over worker processes.
+
+A task has ``new_state()``, ``add(state, image_id)``, ``run(ids) -> state`` and
+``merge(total, part)``; partial states (histograms, counters) are summed in the parent.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+
+from ..errors import ConfigError
+from ..progress import progress
+
+CHUNK = 32  # images per task when sharded: small enough to balance, large enough to amortise pickling
+
+
+def run_sharded(task, ids: list[str], workers: int, desc: str):
+    """The merged state of ``task`` over ``ids``."""
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"workers must be a positive integer, got {workers!r}")
+    state = task.new_state()
+    if workers == 1 or len(ids) <= CHUNK:
+        for image_id in progress(ids, desc=desc, total=len(ids), unit="img"):
+            task.add(state, image_id)
+        return state
+    chunks = [ids[i: i + CHUNK] for i in range(0, len(ids), CHUNK)]
+    with ProcessPoolExecutor(max_workers=workers, mp_context=_mp_context()) as pool:
+        for part in progress(pool.map(task.run, chunks), desc=desc, total=len(chunks), unit="chunk"):
+            task.merge(state, part)
+    return state
+
+
+def _mp_context():
+    # fork starts workers in milliseconds; platforms without it use their default start method
+    if os.name == "posix" and "fork" in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context()
