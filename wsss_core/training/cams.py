@@ -46,10 +46,11 @@ def _autocast(cfg: RunConfig, env: DistEnv):
     return nullcontext()
 
 
-def write_cams(cfg: RunConfig, run_dir: Path, env: DistEnv) -> Path:
-    """This rank's share of the split (images rank, rank + W, …) into ``<run_dir>/cams``."""
+def write_cams(cfg: RunConfig, run_dir: Path, env: DistEnv, weights_dir: Path | None = None) -> Path:
+    """This rank's share of the split (images rank, rank + W, …) into ``<run_dir>/cams``, with the model
+    trained in ``weights_dir`` (default: ``run_dir`` itself)."""
     dataset = build_dataset(cfg.data.dataset, cfg.data.root, cfg.cams.split)
-    weights, meta = load_model_weights(run_dir)
+    weights, meta = load_model_weights(weights_dir or run_dir)
     model = build_model(cfg.model, cfg.addons, dataset.num_classes)
     model.load_state_dict(weights)
     model.to(env.device).eval()
@@ -86,17 +87,21 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def make_cams(cfg: RunConfig, run_dir: str | Path, sink: MetricsSink | None = None) -> dict[str, Any]:
-    """Write the CAMs of ``cfg.cams.split`` with the model trained in ``run_dir`` and score them;
-    returns the evaluation summary on every rank."""
+def make_cams(cfg: RunConfig, run_dir: str | Path, sink: MetricsSink | None = None,
+              weights_dir: str | Path | None = None, evaluate: bool = True) -> dict[str, Any]:
+    """Write the CAMs of ``cfg.cams.split`` into ``<run_dir>/cams`` with the model trained in
+    ``weights_dir`` (default ``run_dir``) and, unless ``evaluate`` is False (a sweep evaluates in a stage
+    of its own), score them into ``<run_dir>/eval``; returns the summary on every rank."""
     run_dir = Path(run_dir)
+    weights_dir = Path(weights_dir) if weights_dir is not None else None
     env = setup_distributed(cfg.train.device)
     sink = (sink or JsonlSink(run_dir, stage="cams")) if env.is_main else NullSink()
     summary: dict[str, Any] | None = None
     try:
         sink.set_status("running")
-        store_path = write_cams(cfg, run_dir, env)
-        if env.is_main:
+        store_path = write_cams(cfg, run_dir, env, weights_dir)
+        summary = {"cam_store": str(store_path)}
+        if env.is_main and evaluate:
             result = evaluate_cams(store_path, cfg.data.root, cfg.cams.split,
                                    thresholds=list(cfg.eval.thresholds) if cfg.eval.thresholds else None,
                                    pred_255=cfg.eval.pred_255, workers=cfg.eval.workers)
