@@ -103,6 +103,8 @@ class SegmentationDataset:
 
     def validate(self) -> None:
         """Check, before any training, that every listed image (and expected mask) exists."""
+        if not self.root.is_dir():
+            raise DataError(f"{self.root}: dataset root not found (it existed when the dataset was opened)")
         missing = []
         for image_id in self.ids:
             path = self.image_path(image_id)
