@@ -86,7 +86,7 @@ def _dense_crf(image: np.ndarray, unary: np.ndarray, n_labels: int, params: CrfP
     crf.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))
     crf.addPairwiseGaussian(sxy=params.gaussian_sxy, compat=params.gaussian_compat)
     crf.addPairwiseBilateral(sxy=params.bilateral_sxy, srgb=params.bilateral_srgb,
-                             rgbim=np.ascontiguousarray(image, dtype=np.uint8), compat=params.bilateral_compat)
+                             rgbim=np.array(image, dtype=np.uint8, order="C"), compat=params.bilateral_compat)
     return np.asarray(crf.inference(params.iterations), dtype=np.float32).reshape(n_labels, h, w)
 
 

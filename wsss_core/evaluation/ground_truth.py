@@ -67,7 +67,7 @@ def read_image(data_root: str | Path, image_id: str) -> np.ndarray:
     path = Path(data_root) / IMAGE_DIR / f"{image_id}.jpg"
     try:
         with Image.open(path) as img:
-            return np.ascontiguousarray(np.asarray(img.convert("RGB")))
+            return np.array(img.convert("RGB"), dtype=np.uint8, order="C")  # writable: pydensecrf needs it
     except FileNotFoundError:
         raise DataError(f"{path}: image {image_id!r} not found") from None
     except OSError as exc:

@@ -166,6 +166,10 @@ class ThresholdSweep:
         if np.any(np.diff(keys) <= 0):
             raise CamStoreError(f"image {image_id!r}: keys {keys.tolist()} must be sorted ascending and unique")
         check_finite_nonnegative(image_id, cams, "CAMs")
+        if gt.dtype != np.uint8:  # the row lookup below relies on uint8 values (0..255)
+            if gt.size and (gt.min() < 0 or gt.max() > VOID):
+                raise CamStoreError(f"image {image_id!r}: ground truth values must lie in 0..255")
+            gt = gt.astype(np.uint8)
         m, class_index = self.max_and_argmax(cams, gt.size)
         local = self._image_histogram(m, class_index, gt.reshape(-1), len(keys))
         self._check_gt_values(image_id, gt, local)
