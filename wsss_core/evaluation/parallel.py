@@ -16,16 +16,17 @@ from ..progress import progress
 CHUNK = 32  # images per task when sharded: small enough to balance, large enough to amortise pickling
 
 
-def run_sharded(task, ids: list[str], workers: int, desc: str):
-    """The merged state of ``task`` over ``ids``."""
+def run_sharded(task, ids: list[str], workers: int, desc: str, chunk: int = CHUNK):
+    """The merged state of ``task`` over ``ids`` (``chunk`` images per task sent to a worker)."""
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"workers must be a positive integer, got {workers!r}")
     state = task.new_state()
-    if workers == 1 or len(ids) <= CHUNK:
+    if workers == 1 or len(ids) <= 1:
         for image_id in progress(ids, desc=desc, total=len(ids), unit="img"):
             task.add(state, image_id)
         return state
-    chunks = [ids[i: i + CHUNK] for i in range(0, len(ids), CHUNK)]
+    chunk = max(1, min(chunk, -(-len(ids) // workers)))  # at least one chunk per worker
+    chunks = [ids[i: i + chunk] for i in range(0, len(ids), chunk)]
     with ProcessPoolExecutor(max_workers=workers, mp_context=_mp_context()) as pool:
         for part in progress(pool.map(task.run, chunks), desc=desc, total=len(chunks), unit="chunk"):
             task.merge(state, part)

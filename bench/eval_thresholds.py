@@ -1,0 +1,166 @@
+"""Benchmark: every threshold in one pass vs the references' per-threshold loop vs reading the CAMs.
+
+    .venv/bin/python bench/eval_thresholds.py [--work /tmp/wsss_bench_eval] [--images 1464]
+        [--ref-thresholds 6] [--crf-images 16]
+
+A VOC-sized synthetic split (1,464 images of 375x500, 1 to 3 classes each) is generated once into
+--work and reused. Measured in one run, page cache warm (a first read pass runs before timing):
+  * read floor: CamStore.read of every image (and, separately, decoding every ground-truth PNG);
+  * one pass: read CAM + decode GT + ThresholdSweep.add per image (60 thresholds 0.00..0.59), and
+    evaluate_cams end to end with 1 and 2 worker processes;
+  * reference loop (IRN/AMN eval_cam style): for each threshold, re-read every CAM, pad [t, cams],
+    argmax, map to keys, bincount against the ground truth (held in memory, as chainercv does).
+    It runs on --ref-thresholds of the 60 thresholds and is extrapolated linearly (it is the same
+    work per threshold); the confusion matrices at those thresholds are asserted equal to the
+    one-pass ones.
+  * CRF throughput (images/s) of refine_cams, confident and probability forms, 1 and 2 processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("WSSS_PROGRESS", "0")
+
+from wsss_core.evaluation import CamStore, evaluate_cams  # noqa: E402
+from wsss_core.evaluation.crf import refine_cams  # noqa: E402
+from wsss_core.evaluation.ground_truth import read_gt_mask, read_split_ids  # noqa: E402
+from wsss_core.evaluation.synthetic import write_synthetic_voc  # noqa: E402
+from wsss_core.evaluation.threshold_sweep import ThresholdSweep  # noqa: E402
+
+THRESHOLDS = [round(0.01 * i, 2) for i in range(60)]  # SEAM/HFPL --curve grid
+C = 20
+
+
+def prepare(work: Path, num_images: int) -> tuple[Path, Path, list[str]]:
+    voc, cams = work / "voc", work / "cams"
+    marker = work / f"ready_{num_images}"
+    if not marker.exists():
+        shutil.rmtree(work, ignore_errors=True)
+        t0 = time.perf_counter()
+        write_synthetic_voc(voc, num_images, num_classes=C, size=(375, 500), store_path=cams, seed=0)
+        marker.write_text("ok")
+        print(f"generated {num_images} images in {time.perf_counter() - t0:.1f} s")
+    return voc, cams, read_split_ids(voc, "train")
+
+
+def timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def read_floor(store: CamStore, ids: list[str]) -> int:
+    total = 0
+    for i in ids:
+        total += store.read(i)[1].nbytes
+    return total
+
+
+def one_pass(store: CamStore, voc: Path, ids: list[str]) -> np.ndarray:
+    sweep = ThresholdSweep(C, THRESHOLDS)
+    for i in ids:
+        keys, cams = store.read(i)
+        sweep.add(i, keys, cams, read_gt_mask(voc, i))
+    return sweep.confusions()
+
+
+def reference_loop(store: CamStore, voc: Path, gts: dict | None, ids: list[str], thresholds: list[float]):
+    """The references' evaluation, once per threshold: re-read, pad, argmax, bincount. ``gts`` None:
+    decode the ground truth in every threshold's pass, as separate IRN/AMN eval runs do."""
+    out = np.zeros((len(thresholds), C + 1, C + 1), np.int64)
+    for j, t in enumerate(thresholds):
+        for i in ids:
+            gt = gts[i] if gts is not None else read_gt_mask(voc, i)
+            keys, cams = store.read(i)
+            cams = np.pad(cams, ((1, 0), (0, 0), (0, 0)), mode="constant", constant_values=t)
+            pred = np.pad(keys + 1, (1, 0), mode="constant")[np.argmax(cams, axis=0)]
+            keep = gt != 255
+            out[j] += np.bincount((C + 1) * gt[keep].astype(int) + pred[keep],
+                                  minlength=(C + 1) ** 2).reshape(C + 1, C + 1)
+    return out
+
+
+def crf_rate(cams: Path, voc: Path, ids_file_split: str, out: Path, mode: str, workers: int, n: int) -> float:
+    t, _ = timed(lambda: refine_cams(cams, voc, ids_file_split, out, {"mode": mode}, workers=workers,
+                                     overwrite=True))
+    return n / t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--work", type=Path, default=Path("/tmp/wsss_bench_eval"))
+    ap.add_argument("--images", type=int, default=1464)
+    ap.add_argument("--ref-thresholds", type=int, default=6, help="thresholds the reference loop really runs")
+    ap.add_argument("--crf-images", type=int, default=16)
+    args = ap.parse_args()
+    voc, cam_dir, ids = prepare(args.work, args.images)
+    store = CamStore(cam_dir)
+    gb = read_floor(store, ids) / 1e9  # warm the page cache
+    for i in ids:
+        read_gt_mask(voc, i)
+
+    t_floor, _ = timed(lambda: read_floor(store, ids))
+    t_gt, gts = timed(lambda: {i: read_gt_mask(voc, i) for i in ids})
+    t_one, conf = timed(lambda: one_pass(store, voc, ids))
+    t_e2e1, res1 = timed(lambda: evaluate_cams(cam_dir, voc, "train", thresholds=THRESHOLDS, boundary_thresholds=[]))
+    t_e2e2, res2 = timed(lambda: evaluate_cams(cam_dir, voc, "train", thresholds=THRESHOLDS, boundary_thresholds=[],
+                                               workers=2))
+    t_bnd, _ = timed(lambda: evaluate_cams(cam_dir, voc, "train", thresholds=THRESHOLDS,
+                                           boundary_thresholds=[0.25]))
+    step = max(1, len(THRESHOLDS) // args.ref_thresholds)
+    subset = THRESHOLDS[::step][: args.ref_thresholds]
+    t_ref_sub, ref = timed(lambda: reference_loop(store, voc, gts, ids, subset))
+    t_refgt_sub, ref_gt = timed(lambda: reference_loop(store, voc, None, ids, subset))
+    for j, t in enumerate(subset):
+        assert np.array_equal(ref[j], conf[THRESHOLDS.index(t)]), f"confusion differs at t={t}"
+        assert np.array_equal(ref_gt[j], conf[THRESHOLDS.index(t)]), f"confusion differs at t={t}"
+    assert res1["per_threshold"] == res2["per_threshold"], "workers=2 disagrees with workers=1"
+    t_ref = t_ref_sub * len(THRESHOLDS) / len(subset)
+    t_refgt = t_refgt_sub * len(THRESHOLDS) / len(subset)
+
+    crf_split = "crf"
+    (voc / "ImageSets" / "Segmentation" / f"{crf_split}.txt").write_text("\n".join(ids[: args.crf_images]) + "\n")
+    rates = {(mode, w): crf_rate(cam_dir, voc, crf_split, args.work / f"crf_{mode}", mode, w, args.crf_images)
+             for mode in ("confident", "probability") for w in (1, 2)}
+
+    n = len(ids)
+    print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+          f"python {platform.python_version()}, numpy {np.__version__}")
+    print(f"split: {n} images 375x500, {gb:.2f} GB of CAMs, {len(THRESHOLDS)} thresholds; page cache warm")
+    print("| measurement | seconds | ms/image | vs read floor |")
+    print("|---|---|---|---|")
+    rows = [("read floor: CamStore.read of every CAM", t_floor),
+            ("decode every ground-truth PNG", t_gt),
+            ("one pass (read CAM + decode GT + sweep), all 60 thresholds", t_one),
+            ("evaluate_cams end to end, 1 process", t_e2e1),
+            ("evaluate_cams end to end, 2 processes", t_e2e2),
+            ("evaluate_cams + boundary F at t=0.25, 1 process", t_bnd),
+            (f"reference loop, GT in memory, {len(subset)} thresholds measured", t_ref_sub),
+            ("reference loop, GT in memory, 60 thresholds (extrapolated)", t_ref),
+            (f"reference loop, GT decoded per threshold run, {len(subset)} thresholds measured", t_refgt_sub),
+            ("reference loop, GT decoded per threshold run, 60 thresholds (extrapolated)", t_refgt)]
+    for name, t in rows:
+        print(f"| {name} | {t:.2f} | {1000 * t / n:.2f} | {t / t_floor:.1f}x |")
+    print(f"\nreference loop / one pass (1 process): {t_ref / t_one:.0f}x with GT in memory, {t_refgt / t_one:.0f}x "
+          f"with GT decoded per run; vs evaluate_cams with 2 processes: {t_ref / t_e2e2:.0f}x / {t_refgt / t_e2e2:.0f}x; "
+          f"one pass / read floor: {t_one / t_floor:.1f}x; (one pass - GT decode) / read floor: "
+          f"{(t_one - t_gt) / t_floor:.1f}x")
+    print(f"confusion matrices identical at {subset} (asserted)")
+    print("\n| CRF form | 1 process (img/s) | 2 processes (img/s) |")
+    print("|---|---|---|")
+    for mode in ("confident", "probability"):
+        print(f"| {mode} | {rates[(mode, 1)]:.2f} | {rates[(mode, 2)]:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
