@@ -1,0 +1,189 @@
+"""AMN (Lee et al., CVPR 2022), the Activation Manipulation Network, on the baseline interface.
+
+Network: backbone → label conditioning (stage-4 features × Linear(C → channels)(multi-hot label)) →
+Dropout → ASPP (four dilated 3×3 convs, summed) → C+1 logits, background first. Labels are inputs at
+inference too. Its only loss is the per-pixel classification loss (PCL) against CRF seed labels, which
+the AMN trainer (``training/amn_stages.py``) hands over with :meth:`AmnBaseline.set_seed_targets` before
+each training forward (the trainer's forward passes only image and label).
+
+It has no image-level pooling (``uses_pooling = False``: importance sampling is refused at config time);
+its CAM site is the foreground channels of its logits, so feature similarity applies unchanged.
+
+Inference (:meth:`AmnBaseline.multiscale_cams`): logits averaged over scales × flip at image size;
+softmax over all C+1 channels; [bg] + ground-truth classes kept; per-channel min-max; where the CAM-stage
+seed is not background the normalised value, else the raw probability. The foreground maps are stored as
+CAMs and the background channel as the store's optional bg map.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError, TrainingError
+from . import BASELINES
+from .base import Baseline, CamResult, CamSite, ParamGroup, TrainOutput
+
+IGNORE = 255
+
+
+@dataclass
+class AmnOptions:
+    label_conditioning: bool = True  # LC: multiply stage-4 features by Linear(label)
+    dropout: float = 0.1  # head dropout before the ASPP
+    aspp_rates: tuple[int, ...] = (6, 12, 18, 24)
+    label_smoothing: float = 0.4  # ε of the PCL targets
+    head_lr_mult: float = 20.0  # head and label encoder lr / backbone lr (reference 1e-4 / 5e-6)
+    optimizer: Literal["adam", "sgd"] = "adam"  # adam: the reference; sgd: the trainer's poly SGD
+    inference_dropout: bool = False  # True: the reference's quirk, dropout stays on at inference
+
+    def validate(self, where: str) -> None:
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"{where}.dropout: must be in [0, 1), got {self.dropout}")
+        if not self.aspp_rates or any(r < 1 for r in self.aspp_rates):
+            raise ConfigError(f"{where}.aspp_rates: need positive dilation rates, got {list(self.aspp_rates)}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"{where}.label_smoothing: must be in [0, 1), got {self.label_smoothing}")
+        if self.head_lr_mult <= 0:
+            raise ConfigError(f"{where}.head_lr_mult: must be positive, got {self.head_lr_mult}")
+
+
+class Aspp(nn.Module):
+    """Atrous spatial pyramid pooling as AMN/DeepLab-v2 use it: parallel dilated 3×3 convs, summed."""
+
+    def __init__(self, in_channels: int, out_channels: int, rates: Sequence[int]):
+        super().__init__()
+        self.branches = nn.ModuleList(
+            nn.Conv2d(in_channels, out_channels, 3, padding=rate, dilation=rate, bias=True) for rate in rates)
+        for conv in self.branches:
+            nn.init.normal_(conv.weight, mean=0.0, std=0.01)
+            nn.init.constant_(conv.bias, 0.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return sum(branch(x) for branch in self.branches)
+
+
+def resize_seeds(seeds: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Seed labels (N × H × W) to the logit grid, nearest as PIL does it (pixel centres)."""
+    if tuple(seeds.shape[-2:]) == tuple(size):
+        return seeds.long()
+    return F.interpolate(seeds[:, None].float(), size=size, mode="nearest-exact")[:, 0].long()
+
+
+def smoothed_targets(seeds: torch.Tensor, channels: int, epsilon: float) -> torch.Tensor:
+    """N × (C+1) × h × w: 1 − ε on the seed class, ε / C on every other channel (ignored pixels as bg)."""
+    index = seeds.masked_fill(seeds == IGNORE, 0)
+    targets = torch.full((seeds.shape[0], channels, *seeds.shape[1:]), epsilon / (channels - 1),
+                         device=seeds.device, dtype=torch.float32)
+    return targets.scatter_(1, index[:, None], 1.0 - epsilon)
+
+
+def per_pixel_classification_loss(logits: torch.Tensor, seeds: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """AMN's PCL: label-smoothed cross-entropy (log-softmax over C+1), ½(mean over seed-background pixels
+    + mean over seed-foreground pixels), 255 excluded. ``seeds`` must already be on the logit grid.
+    A half with no pixels in the batch contributes 0 (the reference would give NaN)."""
+    targets = smoothed_targets(seeds, logits.shape[1], epsilon)
+    per_pixel = -(F.log_softmax(logits.float(), dim=1) * targets).sum(dim=1)
+    background = (seeds == 0).float()
+    foreground = ((seeds != 0) & (seeds != IGNORE)).float()
+    loss_bg = (per_pixel * background).sum() / background.sum().clamp_min(1.0)
+    loss_fg = (per_pixel * foreground).sum() / foreground.sum().clamp_min(1.0)
+    return 0.5 * (loss_bg + loss_fg)
+
+
+def activation_maps(logits: torch.Tensor, keys: Sequence[int], seed: torch.Tensor | None) -> torch.Tensor:
+    """AMN's maps from averaged logits (C+1 × H × W): softmax over all channels, [bg] + keys kept, min-max per
+    channel; raw probability where ``seed`` (H × W, VOC values) is background. Returns (1+K) × H × W."""
+    probs = torch.softmax(logits.float(), dim=0)[[0] + [k + 1 for k in keys]]
+    flat = probs.flatten(1)
+    low, high = flat.min(dim=1).values[:, None, None], flat.max(dim=1).values[:, None, None]
+    normalised = (probs - low) / (high - low + 1e-5)
+    if seed is None:
+        return normalised
+    return torch.where((seed != 0)[None], normalised, probs)
+
+
+@BASELINES.register("amn")
+class AmnBaseline(Baseline):
+    Options = AmnOptions
+    uses_pooling = False
+
+    def __init__(self, num_classes: int, backbone: nn.Module, options: AmnOptions | None = None):
+        super().__init__(num_classes, backbone, options)
+        opts = self.options
+        channels = backbone.out_channels
+        self.label_encoder = nn.Linear(num_classes, channels) if opts.label_conditioning else None
+        self.head_dropout = nn.Dropout(opts.dropout)
+        self.aspp = Aspp(channels, num_classes + 1, opts.aspp_rates)
+        self._seed_targets: torch.Tensor | None = None
+
+    def train(self, mode: bool = True) -> "AmnBaseline":
+        super().train(mode)
+        if self.options.inference_dropout:
+            self.head_dropout.train(True)  # the reference's train() never calls super(): dropout never stops
+        return self
+
+    def logits(self, image: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        """N × (C+1) × h × w, background first."""
+        features = self.backbone(image)
+        if self.label_encoder is not None:
+            features = features * self.label_encoder(label.to(features.dtype))[:, :, None, None]
+        return self.aspp(self.head_dropout(features))
+
+    # --- training -------------------------------------------------------------------------------
+    def set_seed_targets(self, seeds: torch.Tensor) -> None:
+        """Seed labels (N × H × W, VOC values, 255 uncertain) for the next :meth:`forward_train`."""
+        self._seed_targets = seeds
+
+    def forward_train(self, image: torch.Tensor, label: torch.Tensor) -> TrainOutput:
+        seeds, self._seed_targets = self._seed_targets, None
+        if seeds is None:
+            raise TrainingError("model.baseline 'amn' trains on seed labels: run it with "
+                                "wsss_core.training.amn_stages.train_amn (or call set_seed_targets before "
+                                "each forward), not with the plain trainer")
+        logits = self.logits(image, label)
+        seeds = resize_seeds(seeds.to(logits.device), tuple(logits.shape[-2:]))
+        loss = per_pixel_classification_loss(logits, seeds, self.options.label_smoothing)
+        return TrainOutput(losses={"pcl": loss}, sites={"cam": CamSite(logits[:, 1:], image, label)})
+
+    def param_groups(self) -> list[ParamGroup]:
+        backbone_ids = {id(p) for p in self.backbone.parameters()}
+        backbone = [p for p in self.backbone.parameters() if p.requires_grad]
+        head = [p for p in self.parameters() if p.requires_grad and id(p) not in backbone_ids]
+        return [ParamGroup("backbone", backbone, 1.0), ParamGroup("head", head, self.options.head_lr_mult)]
+
+    # --- inference ------------------------------------------------------------------------------
+    def infer_logits(self, image: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
+        """Foreground logit channels (N × C × h × w); AMN's maps come from :meth:`multiscale_cams`."""
+        if label is None:
+            raise ConfigError("model.baseline 'amn': labels are an input of the network at inference too")
+        return self.logits(image, label)[:, 1:]
+
+    @torch.no_grad()
+    def averaged_logits(self, image: torch.Tensor, label: torch.Tensor, scales: Sequence[float],
+                        flip: bool) -> torch.Tensor:
+        """(C+1) × H × W logits averaged over scales × flip, each upsampled to image size."""
+        height, width = image.shape[-2:]
+        total = image.new_zeros((self.num_classes + 1, height, width), dtype=torch.float32)
+        for scale in scales:
+            size = (max(1, round(height * scale)), max(1, round(width * scale)))
+            scaled = image if scale == 1.0 else F.interpolate(image, size=size, mode="bilinear",
+                                                               align_corners=False)
+            batch = torch.cat([scaled, scaled.flip(-1)]) if flip else scaled
+            logits = self.logits(batch, label[None].expand(len(batch), -1)).float()
+            logits = (logits[0] + logits[1].flip(-1)) / 2 if flip else logits[0]
+            total += F.interpolate(logits[None], size=(height, width), mode="bilinear", align_corners=False)[0]
+        return total / len(scales)
+
+    @torch.no_grad()
+    def multiscale_cams(self, image: torch.Tensor, label: torch.Tensor, scales: Sequence[float],
+                        flip: bool, seed: torch.Tensor | None = None) -> CamResult:
+        """AMN activation maps of one image; ``seed`` (H × W) is its CAM-stage seed label (without one,
+        every pixel takes the normalised value)."""
+        keys = torch.nonzero(label > 0.5).flatten().tolist()
+        maps = activation_maps(self.averaged_logits(image, label, scales, flip), keys, seed)
+        return CamResult(keys, maps[1:], bg=maps[0])
