@@ -1,0 +1,27 @@
+"""MLflow tracking of sweeps: one experiment per sweep, a parent run per sweep, a child run per trial stage.
+
+* :func:`prepare_sweep_tracking` — the submitter, once: store, experiment, parent run → :class:`TrackingContext`.
+* :func:`stage_sink` — rank 0 of a trial stage: a :class:`StageSink` (the trainers' ``MetricsSink``) with
+  ``log_eval`` for the threshold curve and artifacts; buffers locally when the store is unreachable.
+* :func:`sync_workdir` — ``wsss sync``: upload the local buffers, idempotently.
+* ``wsss ui`` — the MLflow UI on the sweep store.
+
+Importing this package does not import mlflow (``wsss --help`` stays fast); the functions do.
+"""
+
+from .store import (TrackingContext, TrackingError, default_tracking_uri, finish_sweep_tracking,
+                    prepare_sweep_tracking, search_runs_paged)
+from .sink import StageSink, eval_metrics, stage_sink
+from .sync import SyncStats, sync_stage, sync_workdir
+
+
+def overlay_grid(*args, **kwargs):
+    """See :func:`wsss_core.tracking.overlays.overlay_grid` (imported lazily: it pulls in matplotlib)."""
+    from .overlays import overlay_grid as _overlay_grid
+
+    return _overlay_grid(*args, **kwargs)
+
+
+__all__ = ["TrackingContext", "TrackingError", "StageSink", "SyncStats", "default_tracking_uri", "eval_metrics",
+           "finish_sweep_tracking", "overlay_grid", "prepare_sweep_tracking", "search_runs_paged", "stage_sink",
+           "sync_stage", "sync_workdir"]

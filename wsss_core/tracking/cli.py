@@ -1,0 +1,91 @@
+"""``wsss ui`` (the MLflow UI on a sweep store) and ``wsss sync`` (upload local tracking records)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ..errors import WsssError
+from .store import ARTIFACTS_DIR, default_workdir, is_http, resolve_tracking_uri, server_reachable, sqlite_path
+
+STARTUP_TIMEOUT_S = 120
+
+
+def register(subparsers) -> None:
+    ui = subparsers.add_parser("ui", help="start the MLflow UI on a sweep store and print its URL",
+                               description="Start `mlflow server --workers 1` on the work dir's SQLite store "
+                                           "(or --tracking-uri) and print its URL; Ctrl-C stops it.")
+    _store_args(ui)
+    ui.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
+    ui.add_argument("--port", type=int, default=5000, help="port (default 5000)")
+    ui.set_defaults(func=run_ui)
+
+    sync = subparsers.add_parser("sync", help="upload tracking records buffered while MLflow was unreachable",
+                                 description="Upload every stage's tracking_buffer.jsonl under the work dir into "
+                                             "MLflow. Idempotent: runs, params and metric points (key, step) "
+                                             "already there are not logged again.")
+    _store_args(sync)
+    sync.set_defaults(func=run_sync)
+
+
+def _store_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="sweep work dir (default $WSSS_WORKDIR or ./runs); its store is <workdir>/mlflow.db")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="MLflow tracking URI instead of the work dir's SQLite store (e.g. http://host:5000)")
+
+
+def run_ui(args: argparse.Namespace) -> int:
+    workdir = args.workdir or default_workdir()
+    uri = resolve_tracking_uri(args.tracking_uri, workdir)
+    if is_http(uri):
+        if not server_reachable(uri):
+            raise WsssError(f"tracking server {uri} does not answer; start it there, or pass --workdir to serve "
+                            "a local store")
+        print(f"MLflow UI: {uri} (already served)")
+        return 0
+    path = sqlite_path(uri)
+    if path is not None and not path.is_file():
+        raise WsssError(f"{path}: no MLflow store yet; run a sweep into {workdir} first (or pass --workdir / "
+                        "--tracking-uri)")
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", args.host,
+               "--port", str(args.port), "--workers", "1",
+               "--artifacts-destination", str(Path(workdir).resolve() / ARTIFACTS_DIR)]
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    url = f"http://{args.host}:{args.port}"
+    process = subprocess.Popen(command, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while not server_reachable(url, timeout=1.0):
+            if process.poll() is not None:
+                raise WsssError(f"mlflow server exited with status {process.returncode} (port {args.port} in use? "
+                                "try --port)")
+            if time.monotonic() > deadline:
+                raise WsssError(f"mlflow server did not answer on {url} within {STARTUP_TIMEOUT_S} s")
+            time.sleep(0.3)
+        print(f"MLflow UI: {url}  (store {uri}; Ctrl-C stops it)", flush=True)
+        return process.wait()
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+def run_sync(args: argparse.Namespace) -> int:
+    from .sync import sync_workdir
+
+    workdir = args.workdir or default_workdir()
+    stats = sync_workdir(workdir, tracking_uri=args.tracking_uri)
+    print(f"wsss sync: {stats.summary()}")
+    for line in stats.unreachable:
+        print(f"  not synced (store unreachable): {line}", file=sys.stderr)
+    return 1 if stats.unreachable or stats.refused else 0
