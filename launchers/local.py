@@ -1,0 +1,141 @@
+"""Local launcher: each trial is a group of ``world_size`` processes on this machine (DDP over gloo on CPU,
+one process per GPU otherwise), as many trials at once as cores × oversubscribe and memory allow.
+
+Every rank is ``python -m launchers.worker SPEC`` with the standard torch.distributed variables; its output
+goes to ``<workdir>/sweeps/<sweep>/logs/<trial>.rank<r>.log``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import state
+from .plan import SweepPlan, TrialSpec
+from .spec import Resources, SweepSpec, check_local_resources, machine_cores, machine_memory_gb
+from .submit import SubmitOptions, write_trial_spec
+
+KILL_GRACE_S = 10.0  # after one rank failed, how long the others get to notice before they are killed
+
+
+def check_resources(spec: SweepSpec, plan: SweepPlan) -> None:
+    check_local_resources(spec, [Resources(**t.resources) for t in plan.trials])
+
+
+def _free_port() -> int:
+    from wsss_core.training.launch import free_port
+
+    return free_port()
+
+
+@dataclass
+class _Group:
+    trial: TrialSpec
+    procs: list[subprocess.Popen] = field(default_factory=list)
+    logs: list[Path] = field(default_factory=list)
+    failed_at: float | None = None
+
+    def codes(self) -> list[int | None]:
+        return [p.poll() for p in self.procs]
+
+    def done(self) -> bool:
+        return all(c is not None for c in self.codes())
+
+    def terminate(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+
+
+def _start(trial: TrialSpec) -> _Group:
+    res = Resources(**trial.resources)
+    spec_path = write_trial_spec(trial)
+    log_dir = state.sweep_dir(Path(trial.workdir), trial.sweep) / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    port = _free_port()
+    group = _Group(trial)
+    for rank in range(res.world_size):
+        env = dict(os.environ, OMP_NUM_THREADS=str(res.cpus_per_task), WSSS_CPUS_PER_TASK=str(res.cpus_per_task),
+                   PYTHONUNBUFFERED="1")
+        for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+            env.pop(key, None)
+        if res.world_size > 1:
+            env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(res.world_size),
+                       LOCAL_WORLD_SIZE=str(res.world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        log = log_dir / f"{trial.trial_id}.rank{rank}.log"
+        with open(log, "ab") as handle:
+            group.procs.append(subprocess.Popen([sys.executable, "-m", "launchers.worker", str(spec_path)],
+                                                env=env, stdout=handle, stderr=subprocess.STDOUT))
+        group.logs.append(log)
+    return group
+
+
+def _log_tail(path: Path, lines: int = 3) -> str:
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except FileNotFoundError:
+        return ""
+    return " | ".join(text[-lines:])
+
+
+def launch(spec: SweepSpec, plan: SweepPlan, trials: list[TrialSpec], opts: SubmitOptions,
+           stream: Any) -> dict[str, str | None]:
+    """Run ``trials`` to completion; returns trial id -> error for trials that died unrecorded."""
+    settings = spec.launcher.local
+    cores = machine_cores() * settings.oversubscribe
+    memory = machine_memory_gb() * 0.9
+    limit = opts.max_concurrent or settings.max_concurrent or len(trials)
+    queue = list(trials)
+    running: list[_Group] = []
+    errors: dict[str, str | None] = {}
+    try:
+        while queue or running:
+            used_cores = sum(Resources(**g.trial.resources).world_size * g.trial.resources["cpus_per_task"]
+                             for g in running)
+            used_mem = sum(g.trial.resources["mem_gb"] for g in running)
+            while queue and len(running) < limit:
+                res = Resources(**queue[0].resources)
+                need = res.world_size * res.cpus_per_task
+                if running and (used_cores + need > cores or used_mem + res.mem_gb > memory):
+                    break
+                trial = queue.pop(0)
+                running.append(_start(trial))
+                used_cores += need
+                used_mem += res.mem_gb
+                print(f"[local] started {trial.trial_id} ({res.world_size} process(es))", file=stream, flush=True)
+            time.sleep(opts.poll_s / 4)
+            for group in list(running):
+                codes = group.codes()
+                if any(c not in (None, 0) for c in codes) and group.failed_at is None:
+                    group.failed_at = time.time()
+                if group.failed_at is not None and not group.done() and time.time() - group.failed_at > KILL_GRACE_S:
+                    group.terminate()  # a rank blocked in a collective after its peer failed
+                if group.done():
+                    running.remove(group)
+                    codes = group.codes()
+                    tid = group.trial.trial_id
+                    if any(codes):
+                        bad = next(i for i, c in enumerate(codes) if c)
+                        errors[tid] = (f"rank {bad} exited with status {codes[bad]}: "
+                                       f"{_log_tail(group.logs[bad])} (log {group.logs[bad]})")
+                        print(f"[local] {tid} failed (exit {codes[bad]}); log {group.logs[bad]}", file=stream,
+                              flush=True)
+                    else:
+                        print(f"[local] {tid} finished", file=stream, flush=True)
+    except BaseException:
+        for group in running:
+            group.terminate()
+        for group in running:
+            for proc in group.procs:
+                try:
+                    proc.wait(timeout=KILL_GRACE_S)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        raise
+    return errors

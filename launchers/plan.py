@@ -1,0 +1,248 @@
+"""A sweep → trials → stages with content-addressed keys, and what is already done.
+
+One trial per combination of the trial axes (baseline × add-on setting × seed × other keys); the
+threshold grid is an evaluation setting, so it never multiplies trainings: B × A × S trials make
+B × A × S trainings, B × A × S CAM stages and one one-pass evaluation each. A stage's key is the hash of
+the config slice it depends on and of its inputs' keys, so equal settings share one stage folder
+(``<workdir>/stages/<stage>/<key>/``) across trials and sweeps, and a finished one is reused.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from wsss_core.config import stable_hash, to_dict
+from wsss_core.errors import ConfigError
+
+from . import state
+from .spec import Resources, SweepSpec, describe, validate_trials
+from .stages import STAGES, pipeline
+
+WORKDIR_ENV = "WSSS_WORKDIR"
+
+
+def resolve_workdir(workdir: str | Path | None) -> Path:
+    """--workdir, else $WSSS_WORKDIR, else ./runs (absolute, so trial processes agree on it)."""
+    chosen = workdir or os.environ.get(WORKDIR_ENV) or "runs"
+    return Path(chosen).expanduser().resolve()
+
+
+@dataclass
+class StageSpec:
+    name: str
+    key: str
+    dir: str
+    inputs: dict[str, str]  # upstream stage name -> key
+    distributed: bool
+
+
+@dataclass
+class TrialSpec:
+    """Everything a trial process needs (picklable): its config, stages, where to record."""
+
+    trial_id: str
+    index: int
+    sweep: str
+    workdir: str
+    axes: dict[str, Any]  # axis name -> value label
+    baseline: str
+    addons_label: str | None
+    addons: list[str]
+    posterior: str | None
+    seed: int
+    config: dict[str, Any]  # plain run config, data root resolved
+    resources: dict[str, Any]
+    stages: list[StageSpec]
+    synthetic: dict[str, Any] | None = None
+    faults: list[dict[str, Any]] = field(default_factory=list)
+    launcher: str = "local"
+    job_id: str | None = None
+    tracking: Any = None  # wsss_core.tracking TrackingContext, or None
+    tags: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def world_size(self) -> int:
+        return Resources(**self.resources).world_size
+
+    @property
+    def record_path(self) -> Path:
+        return state.trial_path(Path(self.workdir), self.sweep, self.trial_id)
+
+    def has_stage(self, name: str) -> bool:
+        return any(s.name == name for s in self.stages)
+
+    def stage(self, name: str) -> StageSpec:
+        return next(s for s in self.stages if s.name == name)
+
+
+@dataclass
+class SweepPlan:
+    spec: SweepSpec
+    workdir: Path
+    trials: list[TrialSpec]
+    duplicates: list[tuple[str, str]]  # (combination, trial id it shares)
+
+    def stage_status(self) -> dict[str, dict[str, int]]:
+        """Per stage name: unique stages, finished, to run (a key shared by trials counts once)."""
+        seen: dict[str, dict[str, str]] = {}
+        for trial in self.trials:
+            for stage in trial.stages:
+                seen.setdefault(stage.name, {})[stage.key] = stage.dir
+        out = {}
+        for name, keys in seen.items():
+            states = Counter(state.stage_state(Path(d)) for d in keys.values())
+            out[name] = {"unique": len(keys), "finished": states["finished"], "running": states["running"],
+                         "failed": states["failed"], "to_run": len(keys) - states["finished"] - states["running"]}
+        return out
+
+
+def _posterior(entries: list[dict[str, Any]]) -> str | None:
+    if not entries:
+        return None
+    kinds = {e.get("posterior", "binomial") for e in entries}
+    return kinds.pop() if len(kinds) == 1 else "mixed"
+
+
+def _stage_keys(cfg: Any, chain: tuple[str, ...], extras: dict[str, Any]) -> list[tuple[str, str, dict[str, str]]]:
+    keys: dict[str, str] = {}
+    out = []
+    for name in chain:
+        defn = STAGES.get(name)
+        inputs = {i: keys[i] for i in defn.inputs if i in keys}
+        key = stable_hash({"stage": name, "config": defn.key_slice(cfg, extras), "inputs": inputs})
+        keys[name] = key
+        out.append((name, key, inputs))
+    return out
+
+
+def plan_sweep(spec: SweepSpec, workdir: str | Path | None = None) -> SweepPlan:
+    """Expand ``spec`` into trials and keyed stages under ``workdir`` (nothing is written)."""
+    from wsss_core.training.config import run_config_from_dict
+
+    workdir = resolve_workdir(workdir)
+    synthetic = to_dict(spec.synthetic_data) if spec.synthetic_data is not None else None
+    faults = [to_dict(f) for f in spec.faults]
+    trials: list[TrialSpec] = []
+    by_id: dict[str, TrialSpec] = {}
+    duplicates = []
+    for combo, cfg, resources in validate_trials(spec):
+        extras = {"synthetic": synthetic, "world_size": resources.world_size}
+        chain = pipeline(cfg.model.baseline, synthetic is not None)
+        keyed = _stage_keys(cfg, chain, extras)
+        stages = [StageSpec(name, key, str(state.stage_dir(workdir, name, key)), inputs,
+                          STAGES.get(name).distributed) for name, key, inputs in keyed]
+        plain = to_dict(cfg)
+        if synthetic is not None:
+            plain["data"]["root"] = str(Path(stages[0].dir) / "voc")
+        else:
+            plain["data"]["root"] = str(Path(plain["data"]["root"]).expanduser().resolve())
+        run_config_from_dict(plain, f"{spec.path}: trial {describe(combo)}")  # still valid once resolved
+        identity = [s.key for s in stages if not STAGES.get(s.name).evaluation_only]
+        addons_label = combo["addons"].label if "addons" in combo else None
+        readable = "-".join([cfg.model.baseline, str(addons_label or "plain"), f"s{cfg.train.seed}"])
+        trial_id = f"{readable}-{stable_hash(identity, 10)}"
+        if trial_id in by_id:
+            duplicates.append((describe(combo), trial_id))
+            continue
+        axes = {name: value.label for name, value in combo.items()}
+        trial = TrialSpec(
+            trial_id=trial_id, index=len(trials), sweep=spec.name, workdir=str(workdir), axes=axes,
+            baseline=cfg.model.baseline, addons_label=addons_label, addons=[a.name for a in cfg.addons],
+            posterior=_posterior([to_dict(a) for a in cfg.addons]), seed=cfg.train.seed, config=plain,
+            resources=to_dict(resources), stages=stages, synthetic=synthetic, faults=faults,
+            tags={"sweep": spec.name, "baseline": cfg.model.baseline, "addons": str(addons_label),
+                  "posterior": str(_posterior([to_dict(a) for a in cfg.addons])), "seed": str(cfg.train.seed)})
+        by_id[trial_id] = trial
+        trials.append(trial)
+    if not trials:
+        raise ConfigError(f"{spec.path}: the axes expand to no trial")
+    return SweepPlan(spec, workdir, trials, duplicates)
+
+
+# -- cost estimate ---------------------------------------------------------------------------------------
+
+def measured_durations(workdir: Path, stage: str) -> list[float]:
+    out = []
+    for record_path in (Path(workdir) / "stages" / stage).glob("*/stage.json"):
+        record = state.read_json(record_path) or {}
+        if record.get("state") == "finished" and record.get("duration_s") is not None:
+            out.append(float(record["duration_s"]))
+    return out
+
+
+def estimate_hours(plan: SweepPlan) -> tuple[float, str, dict[str, str]]:
+    """Device-hours of the stages still to run: measured median durations of finished stages of the same
+    name where there are any, else the trial's time_min shared by its stages. GPU-hours when trials ask for
+    GPUs, else CPU core-hours. Returns (hours, unit, per-stage basis)."""
+    medians = {}
+    basis = {}
+    for name in {s.name for t in plan.trials for s in t.stages}:
+        measured = measured_durations(plan.workdir, name)
+        if measured:
+            medians[name] = statistics.median(measured)
+            basis[name] = f"median of {len(measured)} finished"
+        else:
+            basis[name] = "resources.time_min"
+    total = 0.0
+    gpus = any(t.resources["gpus_per_node"] > 0 for t in plan.trials)
+    counted: set[str] = set()
+    for trial in plan.trials:
+        res = Resources(**trial.resources)
+        per_second = res.nodes * res.gpus_per_node if gpus else res.world_size * res.cpus_per_task
+        for stage in trial.stages:
+            if stage.key in counted or state.stage_state(Path(stage.dir)) == "finished":
+                continue
+            counted.add(stage.key)
+            seconds = medians.get(stage.name, res.time_min * 60 / len(trial.stages))
+            total += seconds * per_second / 3600
+    return total, "GPU-hours" if gpus else "CPU core-hours", basis
+
+
+def format_plan(plan: SweepPlan, verbose: bool = True) -> str:
+    spec = plan.spec
+    lines = []
+    sizes = " × ".join(f"{a.name} {len(a.values)}" for a in spec.axes) or "one run"
+    grid = f"{len(spec.thresholds)} thresholds {spec.thresholds[0]:g}..{spec.thresholds[-1]:g}" \
+        if spec.thresholds else "the evaluator's default thresholds"
+    lines.append(f"sweep {spec.name} ({spec.path}): {len(plan.trials)} trials = {sizes}; {grid} "
+                 f"(evaluation only, one pass per trial)")
+    lines.append(f"work dir: {plan.workdir}")
+    for combo, trial_id in plan.duplicates:
+        lines.append(f"  duplicate: {combo} has the same stages as trial {trial_id} (run once)")
+    status = plan.stage_status()
+    lines.append("")
+    lines.append(f"{'stage':<10}{'unique':>8}{'done':>8}{'running':>9}{'failed':>8}{'to run':>8}")
+    for trial_stage in _ordered_stage_names(plan):
+        s = status[trial_stage]
+        lines.append(f"{trial_stage:<10}{s['unique']:>8}{s['finished']:>8}{s['running']:>9}{s['failed']:>8}"
+                     f"{s['to_run']:>8}")
+    trainings = status.get("train", {}).get("unique", 0)
+    lines.append(f"trainings: {trainings} (= distinct training configs; thresholds do not multiply them)")
+    hours, unit, basis = estimate_hours(plan)
+    res = plan.spec.resources
+    lines.append(f"estimate for what is left: {hours:.2f} {unit} (resources per trial: {res.nodes} node(s) × "
+                 f"{res.tasks_per_node} process(es), {res.cpus_per_task} cpu(s) each, {res.gpus_per_node} GPU(s) "
+                 f"per node, {res.mem_gb:g} GB, {res.time_min} min; basis: "
+                 + ", ".join(f"{k} {v}" for k, v in sorted(basis.items())) + ")")
+    if verbose:
+        lines.append("")
+        lines.append(f"{'#':>4}  {'trial':<40} {'stages done':<12} axes")
+        for trial in plan.trials:
+            done = sum(state.stage_state(Path(s.dir)) == "finished" for s in trial.stages)
+            axes = " ".join(f"{k}={v}" for k, v in trial.axes.items())
+            lines.append(f"{trial.index:>4}  {trial.trial_id:<40} {done}/{len(trial.stages):<10} {axes}")
+    return "\n".join(lines)
+
+
+def _ordered_stage_names(plan: SweepPlan) -> list[str]:
+    names: list[str] = []
+    for trial in plan.trials:
+        for stage in trial.stages:
+            if stage.name not in names:
+                names.append(stage.name)
+    return names
