@@ -1,0 +1,160 @@
+"""Session fixtures that run the project's real test clusters (scripts/slurm_cluster.sh, scripts/ray_cluster.sh).
+
+Use them from a test file with
+
+    from cluster_fixtures import slurm_cluster, ray_cluster  # noqa: F401
+
+`slurm_cluster` yields a `SlurmCluster` (config in SLURM_CONF for the whole session, a fresh submitit folder
+per call of `.submitit_folder()`); `ray_cluster` yields the address of a local Ray head for
+`ray.init(address=...)`. Both stop their cluster at the end of the session, also when tests failed.
+Functions submitted to Slurm are pickled by reference: put them in an importable module (tests/ and the
+repository root are on the jobs' PYTHONPATH).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TESTS = REPO / "tests"
+SLURM_SCRIPT = REPO / "scripts" / "slurm_cluster.sh"
+RAY_SCRIPT = REPO / "scripts" / "ray_cluster.sh"
+SLURM_BINARIES = ("munged", "mungekey", "mariadbd", "mariadb-install-db", "slurmdbd", "slurmctld", "slurmd",
+                  "sacctmgr", "sacct", "sbatch")
+SLURM_PACKAGES = "munge slurmctld slurmd slurm-client slurmdbd mariadb-server"
+START_TIMEOUT_S = 420  # the script retries a failed start once; each attempt waits at most ~60 s per daemon
+
+
+def slurm_prerequisites_problem(path: str | None = None) -> str | None:
+    """Why the Slurm cluster cannot run here (not root, packages missing), or None."""
+    search = (path if path is not None else os.environ.get("PATH", "")) + ":/usr/sbin:/sbin"
+    missing = [b for b in SLURM_BINARIES if shutil.which(b, path=search) is None]
+    if missing:
+        return (f"the Slurm tests need the Debian packages {SLURM_PACKAGES} (missing: {', '.join(missing)}); "
+                f"install them as root with: bash scripts/install_system_deps.sh")
+    if os.geteuid() != 0:
+        return "the Slurm tests need root: the single-node cluster runs slurmd, munged and MariaDB as their users"
+    return None
+
+
+def _run_script(args: list[str], timeout: float, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                          env=env, cwd=REPO)
+
+
+def _free_port_block(size: int, low: int = 20000, high: int = 30000) -> int:
+    """First port of `size` consecutive ports nobody listens on (checked, not reserved)."""
+    for base in range(low + (os.getpid() * 37) % (high - low - size), high - size, size):
+        ports = range(base, base + size)
+        if all(_port_free(p) for p in ports):
+            return base
+    raise RuntimeError(f"no {size} consecutive free ports between {low} and {high}")
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+@dataclass
+class SlurmCluster:
+    dir: Path
+    env: dict[str, str]          # what the session's os.environ got: SLURM_CONF, PYTHONPATH
+    partition: str = "debug"
+    _counter: itertools.count = field(default_factory=itertools.count, repr=False)
+
+    @property
+    def log_dir(self) -> Path:
+        return self.dir / "log"
+
+    def submitit_folder(self, name: str = "submitit") -> Path:
+        """A fresh, empty folder for one submitit executor (never shared: submitit reads job state from it)."""
+        folder = self.dir / "submitit" / f"{name}-{next(self._counter)}"
+        folder.mkdir(parents=True)
+        return folder
+
+    def executor(self, name: str = "submitit", **params):
+        """A submitit AutoExecutor on this cluster with a fresh folder; `params` override the small defaults."""
+        import submitit
+
+        executor = submitit.AutoExecutor(folder=self.submitit_folder(name), cluster="slurm")
+        defaults = dict(slurm_partition=self.partition, cpus_per_task=1, mem_gb=1, timeout_min=5)
+        executor.update_parameters(**{**defaults, **params})
+        return executor
+
+    def sacct_state(self, job_id: str) -> str:
+        """The job's state as accounting records it ('' while slurmdbd has no row yet)."""
+        out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "State", "-j", str(job_id)],
+                             capture_output=True, text=True, check=True, env={**os.environ, **self.env}).stdout
+        return out.strip().splitlines()[0].split()[0] if out.strip() else ""
+
+    def script(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        """Runs scripts/slurm_cluster.sh ARGS --dir <this cluster's dir>."""
+        return _run_script([SLURM_SCRIPT, *args, "--dir", self.dir], timeout)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    problem = slurm_prerequisites_problem()
+    if problem:
+        pytest.fail(problem, pytrace=False)
+    # Under /tmp, not pytest's tmp_path: munge and mysql must be able to enter it (pytest's is mode 700).
+    cluster_dir = Path(tempfile.mkdtemp(prefix="wsss-slurm-", dir="/tmp"))
+    port_base = _free_port_block(4)
+    start = _run_script([SLURM_SCRIPT, "start", "--dir", cluster_dir, "--port-base", port_base], START_TIMEOUT_S)
+    if start.returncode != 0:
+        _run_script([SLURM_SCRIPT, "stop", "--dir", cluster_dir], 180)
+        pytest.fail(f"scripts/slurm_cluster.sh start failed (logs in {cluster_dir}/log):\n"
+                    f"{start.stdout}\n{start.stderr}", pytrace=False)
+    python_path = os.pathsep.join(p for p in (str(TESTS), str(REPO), os.environ.get("PYTHONPATH")) if p)
+    env = {"SLURM_CONF": str(cluster_dir / "slurm.conf"), "PYTHONPATH": python_path}
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    try:
+        yield SlurmCluster(dir=cluster_dir, env=env)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        stop = _run_script([SLURM_SCRIPT, "stop", "--dir", cluster_dir], 180)
+        if stop.returncode == 0 and not os.environ.get("WSSS_KEEP_CLUSTER_DIRS"):
+            shutil.rmtree(cluster_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """Address ('127.0.0.1:PORT') of a local Ray head with 2 CPUs, for ray.init(address=...)."""
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # Short path: Ray puts unix sockets under its temp dir (limit ~107 characters).
+    ray_dir = Path(tempfile.mkdtemp(prefix="wsss-ray-", dir="/tmp"))
+    port = _free_port_block(8)
+    start = _run_script([RAY_SCRIPT, "start", "--dir", ray_dir, "--port", port, "--num-cpus", 2], 300)
+    if start.returncode != 0:
+        _run_script([RAY_SCRIPT, "stop", "--dir", ray_dir], 120)
+        pytest.fail(f"scripts/ray_cluster.sh start failed:\n{start.stdout}\n{start.stderr}", pytrace=False)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+        stop = _run_script([RAY_SCRIPT, "stop", "--dir", ray_dir], 120)
+        if stop.returncode == 0 and not os.environ.get("WSSS_KEEP_CLUSTER_DIRS"):
+            shutil.rmtree(ray_dir, ignore_errors=True)
