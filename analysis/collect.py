@@ -1,0 +1,190 @@
+"""One row per finished trial, from the launchers' trial records (+ eval.json) or from MLflow.
+
+Columns: ``trial_id``, one column per sweep axis (``baseline``, ``addons`` = the add-on setting's label,
+``seed``, ...), ``addons_list`` (tuple of add-on names; empty = no add-on), ``posterior``, the scores
+``best_miou``, ``best_threshold``, ``fixed_miou`` (mIoU at the report's fixed threshold),
+``robust_mean_miou``, ``robust_width``, ``contour_{f,precision,recall}_{best,fixed}``, and ``curve``
+(a dict threshold -> mIoU). Scores are fractions, exactly as evaluated.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from wsss_core.errors import WsssError
+
+SCORES = ("best_miou", "best_threshold", "fixed_miou", "robust_mean_miou", "robust_width",
+          "contour_f_best", "contour_precision_best", "contour_recall_best",
+          "contour_f_fixed", "contour_precision_fixed", "contour_recall_fixed")
+CONTOUR = (("f", "contour_f"), ("precision", "contour_precision"), ("recall", "contour_recall"))
+
+
+class ReportError(WsssError):
+    """A sweep cannot be reported: no trials, unreadable records, missing MLflow experiment."""
+
+
+def same_threshold(a: float | None, b: float | None) -> bool:
+    """Thresholds are compared in float32, as the evaluator compares them."""
+    return a is not None and b is not None and np.float32(a) == np.float32(b)
+
+
+def _num(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+
+
+def _warn(message: str) -> None:
+    print(f"wsss report: {message}", file=sys.stderr)
+
+
+# -- from trial records -------------------------------------------------------------------------------
+
+def trials_dir(workdir: str | Path, sweep_name: str) -> Path:
+    return Path(workdir) / "sweeps" / sweep_name / "trials"
+
+
+def scores_from_eval(result: dict, fixed_threshold: float, where: str) -> dict[str, Any]:
+    """The report's numbers of one eval.json."""
+    best = result.get("best") or {}
+    rows = result.get("per_threshold") or []
+    curve = {float(r["threshold"]): _num(r.get("miou")) for r in rows if r.get("threshold") is not None}
+    fixed = [r for r in rows if same_threshold(r.get("threshold"), fixed_threshold)]
+    if not fixed and curve:
+        _warn(f"{where}: threshold {fixed_threshold:g} was not evaluated (grid {min(curve):g}..{max(curve):g}); "
+              "its mIoU is left empty")
+    rob = result.get("robustness") or {}
+    out = {"best_miou": _num(best.get("miou")), "best_threshold": _num(best.get("threshold")),
+           "fixed_miou": _num(fixed[0].get("miou")) if fixed else math.nan,
+           "robust_mean_miou": _num(rob.get("mean_miou_near_best")), "robust_width": _num(rob.get("plateau_width")),
+           "curve": curve}
+    for which, threshold in (("best", best.get("threshold")), ("fixed", fixed_threshold)):
+        entry = next((b for b in result.get("boundary") or [] if same_threshold(b.get("threshold"), threshold)), None)
+        for key, name in CONTOUR:
+            out[f"{name}_{which}"] = _num(entry.get(key)) if entry else math.nan
+    return out
+
+
+def trials_from_records(sweep_name: str, workdir: str | Path, fixed_threshold: float = 0.25) -> pd.DataFrame:
+    """Finished trials of ``sweep_name`` from ``<workdir>/sweeps/<sweep>/trials/*.json`` and their eval.json."""
+    folder = trials_dir(workdir, sweep_name)
+    paths = sorted(folder.glob("*.json"))
+    if not paths:
+        raise ReportError(f"{folder}: no trial records; run the sweep first, or check --workdir and the sweep "
+                          "name")
+    rows, skipped = [], []
+    for path in paths:
+        try:
+            record = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ReportError(f"{path}: not valid JSON: {exc}") from None
+        eval_json = record.get("eval_json")
+        if not eval_json or not Path(eval_json).is_file():
+            skipped.append(f"{record.get('trial_id', path.stem)} ({record.get('state', 'no state')})")
+            continue
+        try:
+            result = json.loads(Path(eval_json).read_text())
+        except json.JSONDecodeError as exc:
+            raise ReportError(f"{eval_json}: not valid JSON ({exc}); trial {record.get('trial_id')}") from None
+        rows.append({**_identity(record), **scores_from_eval(result, fixed_threshold, eval_json)})
+    if skipped:
+        _warn(f"{len(skipped)} trial(s) without an evaluation left out: {', '.join(skipped[:5])}"
+              f"{' ...' if len(skipped) > 5 else ''}")
+    if not rows:
+        raise ReportError(f"{folder}: none of the {len(paths)} trials has an eval.json yet")
+    return _frame(rows)
+
+
+def _identity(record: dict) -> dict[str, Any]:
+    axes = dict(record.get("axes") or {})
+    addons = tuple(record.get("addons") or ())
+    axes.setdefault("baseline", record.get("baseline"))
+    axes.setdefault("addons", "+".join(addons) if addons else "none")
+    axes.setdefault("seed", record.get("seed"))
+    return {"trial_id": record.get("trial_id"), **axes, "addons_list": addons, "posterior": record.get("posterior")}
+
+
+def _frame(rows: list[dict]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows).sort_values("trial_id", kind="stable").reset_index(drop=True)
+    frame.attrs["axes"] = axis_columns(frame)
+    return frame
+
+
+def axis_columns(frame: pd.DataFrame) -> list[str]:
+    fixed = {"trial_id", "addons_list", "posterior", "curve", *SCORES}
+    return [c for c in frame.columns if c not in fixed]
+
+
+# -- from MLflow ---------------------------------------------------------------------------------------
+
+def trials_from_mlflow(sweep_name: str, tracking_uri: str, fixed_threshold: float = 0.25,
+                       page_size: int = 1000) -> pd.DataFrame:
+    """Finished evaluation runs (runs with a ``best_miou`` metric) of the sweep's experiment, all pages."""
+    from wsss_core.tracking.store import client, experiment_name, search_runs_paged
+
+    mlflow_client = client(tracking_uri)
+    name = experiment_name(sweep_name)
+    try:
+        experiment = mlflow_client.get_experiment_by_name(name)
+    except Exception as exc:  # noqa: BLE001
+        raise ReportError(f"tracking store {tracking_uri}: cannot read it: {type(exc).__name__}: {exc}") from None
+    if experiment is None:
+        names = [e.name for e in mlflow_client.search_experiments(max_results=50)]
+        raise ReportError(f"tracking store {tracking_uri}: no experiment {name!r}; experiments there: "
+                          f"{', '.join(names) or 'none'}")
+    runs = list(search_runs_paged(tracking_uri, [experiment.experiment_id],
+                                  "metrics.best_miou > -1 and attributes.status = 'FINISHED'", page_size))
+    if not runs:
+        raise ReportError(f"tracking store {tracking_uri}: experiment {name!r} has no finished run with an "
+                          "evaluation (metric best_miou)")
+    latest: dict[str, Any] = {}
+    for run in runs:  # a trial evaluated twice (e.g. its record was lost): the latest run counts
+        key = run.data.tags.get("trial_id") or run.info.run_id
+        if key not in latest or run.info.start_time > latest[key].info.start_time:
+            latest[key] = run
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        rows = list(pool.map(lambda run: _row_from_run(mlflow_client, run, fixed_threshold), latest.values()))
+    return _frame(rows)
+
+
+def _row_from_run(mlflow_client, run, fixed_threshold: float) -> dict[str, Any]:
+    tags, metrics = run.data.tags, run.data.metrics
+    axes = {k[len("axis."):]: _typed(v) for k, v in tags.items() if k.startswith("axis.")}
+    addons = tuple(a for a in tags.get("addons", "none").split(",") if a and a != "none")
+    axes.setdefault("baseline", tags.get("baseline"))
+    axes.setdefault("addons", "+".join(addons) if addons else "none")
+    axes.setdefault("seed", _typed(tags.get("seed")))
+    scale = int(tags.get("threshold_step_scale", 100))
+    history = mlflow_client.get_metric_history(run.info.run_id, "miou_by_threshold")
+    curve = {m.step / scale: float(m.value) for m in sorted(history, key=lambda m: m.step)}
+    fixed_step = round(fixed_threshold * scale)
+    fixed = [m.value for m in history if m.step == fixed_step]
+    posterior = tags.get("posterior")
+    row = {"trial_id": tags.get("trial_id") or run.info.run_name, **axes, "addons_list": addons,
+           "posterior": None if posterior in (None, "none") else posterior,
+           "best_miou": metrics.get("best_miou", math.nan), "best_threshold": metrics.get("best_threshold", math.nan),
+           "fixed_miou": float(fixed[0]) if fixed else math.nan,
+           "robust_mean_miou": metrics.get("robust_mean_miou", math.nan),
+           "robust_width": metrics.get("robust_width", math.nan), "curve": curve}
+    for which, suffix in (("best", "best"), ("fixed", f"t{fixed_threshold:g}")):
+        for _, name in CONTOUR:
+            row[f"{name}_{which}"] = metrics.get(f"{name}_{suffix}", math.nan)
+    return row
+
+
+def _typed(value: str | None) -> Any:
+    """Tags are strings; a seed tagged "0" groups with the records' integer 0."""
+    if value is None:
+        return None
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
