@@ -56,7 +56,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     spec = load_sweep(args.file, args.overrides)
     plan = plan_sweep(spec, args.workdir)
     if args.launcher:
-        launcher_module(args.launcher).check_resources(spec, plan)
+        launcher_module(args.launcher).check_resources(spec, plan, None)
     print(format_plan(plan, verbose=not args.brief))
     return 0
 

@@ -24,7 +24,7 @@ from .submit import SubmitOptions, write_trial_spec
 KILL_GRACE_S = 10.0  # after one rank failed, how long the others get to notice before they are killed
 
 
-def check_resources(spec: SweepSpec, plan: SweepPlan) -> None:
+def check_resources(spec: SweepSpec, plan: SweepPlan, opts: SubmitOptions | None = None) -> None:
     check_local_resources(spec, [Resources(**t.resources) for t in plan.trials])
 
 

@@ -64,6 +64,7 @@ class TrialSpec:
     job_id: str | None = None
     tracking: Any = None  # wsss_core.tracking TrackingContext, or None
     tags: dict[str, str] = field(default_factory=dict)
+    owner: dict[str, Any] | None = None  # who answers for the trial while it runs (None: its rank-0 process)
 
     @property
     def world_size(self) -> int:

@@ -200,20 +200,20 @@ def _inject_raise(trial: "TrialSpec", stage: str) -> str | None:
 def _make_sink(trial: "TrialSpec", stage: "StageSpec", defn: StageDef, cfg: "RunConfig") -> Any:
     if defn.sink_stage is None and defn.name != "eval":
         return None
-    sink = None
+    from wsss_core.training.metrics import JsonlSink
+
+    sink = JsonlSink(stage.dir, print_every=cfg.train.log_every, stage=defn.sink_stage or stage.name)
     if trial.tracking is not None:
         try:
             from wsss_core.tracking import stage_sink
         except ImportError:
             stage_sink = None
         if stage_sink is not None:
-            tags = {**trial.tags, "stage": stage.name, "stage_key": stage.key, "host": state.hostname()}
-            params = {"stage_key": stage.key, **{f"axis.{k}": v for k, v in trial.axes.items()}}
-            sink = stage_sink(trial.tracking, Path(stage.dir), stage.name, tags, params)
-    if sink is None:
-        from wsss_core.training.metrics import JsonlSink
-
-        sink = JsonlSink(stage.dir, print_every=cfg.train.log_every, stage=defn.sink_stage or stage.name)
+            tags = {**trial.tags, "stage": stage.name, "stage_key": stage.key, "host": state.hostname(),
+                    "trial_id": trial.trial_id, "addons": list(trial.addons), "axes": dict(trial.axes),
+                    "addons_label": str(trial.addons_label)}
+            # The JSON lines sink also sees every call, so the stage dir keeps its own metrics.
+            sink = stage_sink(trial.tracking, Path(stage.dir), stage.name, tags, trial.config, local=sink)
     for fault in _matching_faults(trial, stage.name):
         if fault.get("kind") == "delay":
             sink = _DelaySink(sink, float(fault.get("seconds", 0.0)))
@@ -333,7 +333,7 @@ def run_trial(trial: "TrialSpec") -> dict[str, Any]:
         raise TrainingError(f"trial {trial.trial_id}: planned for {trial.world_size} process(es), the launcher "
                             f"started {env.world_size}")
     if env.is_main:
-        owner = state.owner_of_this_process(trial.launcher, trial.job_id)
+        owner = trial.owner or state.owner_of_this_process(trial.launcher, trial.job_id)
         with state.update_trial(trial.record_path) as record:
             record.update({"state": "running", "attempts": int(record.get("attempts", 0)) + 1, "error": None,
                            "owner": owner, "host": owner["host"], "job_id": trial.job_id,

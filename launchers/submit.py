@@ -192,7 +192,7 @@ def run_sweep(spec: SweepSpec | str | Path, workdir: str | Path | None = None, o
         spec = load_sweep(spec, overrides)
     module = launcher_module(opts.launcher)
     plan = plan_sweep(spec, workdir)
-    module.check_resources(spec, plan)  # before anything is written or submitted
+    module.check_resources(spec, plan, opts)  # before anything is written or submitted
     plan.workdir.mkdir(parents=True, exist_ok=True)
     sweep_folder = state.sweep_dir(plan.workdir, spec.name)
     sweep_folder.mkdir(parents=True, exist_ok=True)
