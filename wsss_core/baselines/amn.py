@@ -6,8 +6,11 @@ inference too. Its only loss is the per-pixel classification loss (PCL) against 
 the AMN trainer (``training/amn_stages.py``) hands over with :meth:`AmnBaseline.set_seed_targets` before
 each training forward (the trainer's forward passes only image and label).
 
-It has no image-level pooling (``uses_pooling = False``: importance sampling is refused at config time);
-its CAM site is the foreground channels of its logits, so feature similarity applies unchanged.
+An AMN trial is a chain (CAM classifier → CRF seeds → AMN network → maps); the options below hold the
+settings of the AMN-specific links, while the trial's own optim/train settings and add-ons drive the CAM
+classifier stage (see ``training/amn_stages.py``). The network has no image-level pooling: a pooling add-on
+(importance sampling) acts on the CAM stage only. Its CAM site is the foreground channels of its logits,
+so feature similarity applies to it unchanged when ``addons_on_network`` is set.
 
 Inference (:meth:`AmnBaseline.multiscale_cams`): logits averaged over scales × flip at image size;
 softmax over all C+1 channels; [bg] + ground-truth classes kept; per-channel min-max; where the CAM-stage
@@ -17,18 +20,79 @@ CAMs and the background channel as the store's optional bg map.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError, TrainingError
+from ..evaluation.crf import CrfParams
 from . import BASELINES
 from .base import Baseline, CamResult, CamSite, ParamGroup, TrainOutput
 
 IGNORE = 255
+
+
+@dataclass
+class AmnTrainingOptions:
+    """How the AMN network trains (the trial's own optim/train settings drive its CAM stage)."""
+
+    optimizer: Literal["adam", "sgd"] = "adam"  # adam: the reference; sgd: poly SGD with the trial's momentum
+    lr: float = 5e-6  # backbone; head and label encoder get lr × head_lr_mult (reference 1e-4)
+    head_lr_mult: float = 20.0
+    weight_decay: float = 1e-4
+    epochs: int = 5
+    batch_size: int | None = None  # null: the trial's train.batch_size
+    # Backbone init: "pretrained" = model.pretrained (ImageNet in the paper; random when null);
+    # "cam_stage" = the trained CAM classifier's backbone; "auto" = pretrained if given, else cam_stage
+    # (the stand-in for ImageNet weights where there are none, e.g. the demo).
+    init: Literal["auto", "pretrained", "cam_stage"] = "auto"
+
+    def validate(self, where: str) -> None:
+        for name in ("lr", "head_lr_mult"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{where}.{name}: must be positive, got {getattr(self, name)}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"{where}.weight_decay: must be >= 0, got {self.weight_decay}")
+        if self.epochs < 1 or (self.batch_size is not None and self.batch_size < 1):
+            raise ConfigError(f"{where}: epochs and batch_size must be at least 1, got {self.epochs}, "
+                              f"{self.batch_size}")
+
+
+@dataclass
+class AmnSeedOptions:
+    """CRF-confident seeds from the CAM stage (AMN's CAM-stage cam_to_ir_label)."""
+
+    fg_threshold: float = 0.30
+    bg_threshold: float = 0.05
+    gt_prob: float = 0.7
+    crf: CrfParams = field(default_factory=CrfParams)
+
+    def validate(self, where: str) -> None:
+        if not 0.0 <= self.bg_threshold <= self.fg_threshold <= 1.0:
+            raise ConfigError(f"{where}: need 0 <= bg_threshold <= fg_threshold <= 1, got "
+                              f"bg_threshold={self.bg_threshold}, fg_threshold={self.fg_threshold}")
+        if not 0.0 < self.gt_prob < 1.0:
+            raise ConfigError(f"{where}.gt_prob: must be in (0, 1), got {self.gt_prob}")
+
+
+@dataclass
+class AmnCamStageOptions:
+    """The classifier whose CAMs make the seeds: the trial's config with this baseline and options."""
+
+    baseline: str = "cam"
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self, where: str) -> None:
+        if self.baseline == "amn":
+            raise ConfigError(f"{where}.baseline: the CAM stage needs an image-level classifier, not 'amn'; "
+                              f"valid choices: {', '.join(n for n in BASELINES.names() if n != 'amn')}")
+        from ..config import from_dict, to_dict
+
+        baseline = BASELINES.get(self.baseline, f"{where}.baseline")
+        self.options = to_dict(from_dict(baseline.Options, self.options, f"{where}.options"))
 
 
 @dataclass
@@ -37,9 +101,11 @@ class AmnOptions:
     dropout: float = 0.1  # head dropout before the ASPP
     aspp_rates: tuple[int, ...] = (6, 12, 18, 24)
     label_smoothing: float = 0.4  # ε of the PCL targets
-    head_lr_mult: float = 20.0  # head and label encoder lr / backbone lr (reference 1e-4 / 5e-6)
-    optimizer: Literal["adam", "sgd"] = "adam"  # adam: the reference; sgd: the trainer's poly SGD
     inference_dropout: bool = False  # True: the reference's quirk, dropout stays on at inference
+    addons_on_network: bool = False  # also apply the trial's non-pooling add-ons (FSL) to the AMN network
+    training: AmnTrainingOptions = field(default_factory=AmnTrainingOptions)
+    seeds: AmnSeedOptions = field(default_factory=AmnSeedOptions)
+    cam_stage: AmnCamStageOptions = field(default_factory=AmnCamStageOptions)
 
     def validate(self, where: str) -> None:
         if not 0.0 <= self.dropout < 1.0:
@@ -48,8 +114,6 @@ class AmnOptions:
             raise ConfigError(f"{where}.aspp_rates: need positive dilation rates, got {list(self.aspp_rates)}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f"{where}.label_smoothing: must be in [0, 1), got {self.label_smoothing}")
-        if self.head_lr_mult <= 0:
-            raise ConfigError(f"{where}.head_lr_mult: must be positive, got {self.head_lr_mult}")
 
 
 class Aspp(nn.Module):
@@ -110,7 +174,9 @@ def activation_maps(logits: torch.Tensor, keys: Sequence[int], seed: torch.Tenso
 @BASELINES.register("amn")
 class AmnBaseline(Baseline):
     Options = AmnOptions
-    uses_pooling = False
+    # An AMN trial's add-ons are those of its chain: a pooling add-on (importance sampling) goes to the CAM
+    # stage, whose GAP it replaces; the AMN network itself never pools (see training/amn_stages.py).
+    uses_pooling = True
 
     def __init__(self, num_classes: int, backbone: nn.Module, options: AmnOptions | None = None):
         super().__init__(num_classes, backbone, options)
@@ -154,7 +220,8 @@ class AmnBaseline(Baseline):
         backbone_ids = {id(p) for p in self.backbone.parameters()}
         backbone = [p for p in self.backbone.parameters() if p.requires_grad]
         head = [p for p in self.parameters() if p.requires_grad and id(p) not in backbone_ids]
-        return [ParamGroup("backbone", backbone, 1.0), ParamGroup("head", head, self.options.head_lr_mult)]
+        return [ParamGroup("backbone", backbone, 1.0),
+                ParamGroup("head", head, self.options.training.head_lr_mult)]
 
     # --- inference ------------------------------------------------------------------------------
     def infer_logits(self, image: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
