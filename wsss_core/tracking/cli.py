@@ -58,7 +58,9 @@ def run_ui(args: argparse.Namespace) -> int:
                "--artifacts-destination", str(Path(workdir).resolve() / ARTIFACTS_DIR)]
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     url = f"http://{args.host}:{args.port}"
-    process = subprocess.Popen(command, env=env, start_new_session=True)
+    # the server's own chatter goes to stderr: stdout carries only the URL line, for scripts
+    process = subprocess.Popen(command, env=env, start_new_session=True, stdout=sys.stderr)
+    signal.signal(signal.SIGTERM, _interrupt)  # so that `kill` stops the server too (see finally)
     try:
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while not server_reachable(url, timeout=1.0):
@@ -78,6 +80,10 @@ def run_ui(args: argparse.Namespace) -> int:
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def run_sync(args: argparse.Namespace) -> int:
