@@ -19,6 +19,7 @@ import torch
 from ..baselines.compose import build_model
 from ..data import build_dataset
 from ..data.transforms import Normalize
+from ..errors import CamStoreError
 from ..evaluation import CamStore, evaluate_cams, write_eval_outputs
 from ..progress import progress
 from .checkpoint import load_model_weights
@@ -32,18 +33,26 @@ EVAL_DIR = "eval"
 
 def _prepare_store(env: DistEnv, path: Path, num_classes: int, class_names: list[str], meta: dict) -> None:
     """Rank 0 (re)creates the store; a store made by another model or CAM setting is replaced."""
-    if env.is_main:
-        meta_file = path / "meta.json"
-        if path.exists() and (not meta_file.is_file() or meta.get("cams_key") not in meta_file.read_text()):
+    if env.is_main and path.exists():
+        try:
+            stale = CamStore(path).meta.get("cams_key") != meta["cams_key"]
+        except CamStoreError:
+            stale = True
+        if stale:
             shutil.rmtree(path)
+    if env.is_main:
         CamStore.create(path, num_classes, class_names=class_names, meta=meta)
     barrier(env)
 
 
-def _autocast(cfg: RunConfig, env: DistEnv):
-    if env.device.type == "cuda" and cfg.train.amp == "bf16":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
+def _inference_context(cfg: RunConfig, env: DistEnv):
+    if env.device.type == "cuda":
+        if cfg.train.amp == "bf16":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return nullcontext()
+    # Every image has its own size: oneDNN builds a new conv primitive per shape (~0.3 s each, measured),
+    # ten times slower than the plain CPU kernels here (bench/RESULTS.md, Training).
+    return torch.backends.mkldnn.flags(enabled=False)
 
 
 def write_cams(cfg: RunConfig, run_dir: Path, env: DistEnv, weights_dir: Path | None = None) -> Path:
@@ -67,7 +76,7 @@ def write_cams(cfg: RunConfig, run_dir: Path, env: DistEnv, weights_dir: Path | 
             continue  # written by an earlier, interrupted run of the same model and settings
         image = torch.from_numpy(normalize(sample, np.random.default_rng(0))["image"])[None].to(env.device)
         label = torch.from_numpy(np.asarray(sample["label"], np.float32)).to(env.device)
-        with _autocast(cfg, env):
+        with _inference_context(cfg, env):
             result = model.baseline.multiscale_cams(image, label, cfg.cams.scales, cfg.cams.flip)
         bg = None if result.bg is None else result.bg.float().cpu().numpy()
         store.write(sample["id"], np.asarray(result.keys, np.int64), result.cams.float().cpu().numpy(), bg=bg)
