@@ -59,11 +59,14 @@ die() {  # die MESSAGE [LOG...]
   exit 1
 }
 
+# A daemon we started is orphaned once this script exits; a zombie (dead, not yet reaped) counts as gone.
+running() { kill -0 "$1" 2>/dev/null && ! grep -q '^[0-9]* (.*) Z' "/proc/$1/stat" 2>/dev/null; }
+
 pid_of() { [ -s "$RUN/$1.pid" ] && cat "$RUN/$1.pid" || true; }
 
 alive() {  # alive NAME: its recorded pid runs
   local pid; pid=$(pid_of "$1")
-  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null
+  [ -n "$pid" ] && running "$pid"
 }
 
 wait_until() {  # wait_until SECONDS DESCRIPTION COMMAND...: poll every 0.5 s
@@ -82,15 +85,15 @@ port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 stop_pid() {  # stop_pid NAME: SIGTERM, wait up to 20 s, then SIGKILL
   local name=$1 pid; pid=$(pid_of "$name")
-  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+  if [ -n "$pid" ] && running "$pid"; then
     kill -TERM "$pid" 2>/dev/null || true
-    local deadline=$((SECONDS + 20))
-    while kill -0 "$pid" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 0.2; done
-    if kill -0 "$pid" 2>/dev/null; then
+    local started=$SECONDS deadline=$((SECONDS + 20))
+    while running "$pid" && [ $SECONDS -lt $deadline ]; do sleep 0.2; done
+    if running "$pid"; then
       say "$name (pid $pid) ignored SIGTERM for 20 s: SIGKILL"
       kill -KILL "$pid" 2>/dev/null || true
     fi
-    say "stopped $name (pid $pid)"
+    say "stopped $name (pid $pid, $((SECONDS - started)) s)"
   fi
   rm -f "$RUN/$name.pid"
 }
@@ -101,6 +104,7 @@ leftover_pids() {
   local p
   for p in /proc/[0-9]*; do
     [ "${p#/proc/}" = "$$" ] && continue
+    running "${p#/proc/}" || continue
     { tr '\0' '\n' <"$p/environ"; } 2>/dev/null | grep -qxF "WSSS_SLURM_CLUSTER_DIR=$DIR" && echo "${p#/proc/}"
   done
   return 0

@@ -46,6 +46,11 @@ def slurm_prerequisites_problem(path: str | None = None) -> str | None:
     return None
 
 
+def _jobs_python_path() -> str:
+    """PYTHONPATH for jobs and Ray workers: tests/ (job functions, pickled by reference) and the repository."""
+    return os.pathsep.join(p for p in (str(TESTS), str(REPO), os.environ.get("PYTHONPATH")) if p)
+
+
 def _run_script(args: list[str], timeout: float, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", *map(str, args)], capture_output=True, text=True, timeout=timeout,
                           env=env, cwd=REPO)
@@ -120,8 +125,7 @@ def slurm_cluster():
         _run_script([SLURM_SCRIPT, "stop", "--dir", cluster_dir], 180)
         pytest.fail(f"scripts/slurm_cluster.sh start failed (logs in {cluster_dir}/log):\n"
                     f"{start.stdout}\n{start.stderr}", pytrace=False)
-    python_path = os.pathsep.join(p for p in (str(TESTS), str(REPO), os.environ.get("PYTHONPATH")) if p)
-    env = {"SLURM_CONF": str(cluster_dir / "slurm.conf"), "PYTHONPATH": python_path}
+    env = {"SLURM_CONF": str(cluster_dir / "slurm.conf"), "PYTHONPATH": _jobs_python_path()}
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)
     try:
@@ -144,7 +148,9 @@ def ray_cluster():
     # Short path: Ray puts unix sockets under its temp dir (limit ~107 characters).
     ray_dir = Path(tempfile.mkdtemp(prefix="wsss-ray-", dir="/tmp"))
     port = _free_port_block(8)
-    start = _run_script([RAY_SCRIPT, "start", "--dir", ray_dir, "--port", port, "--num-cpus", 2], 300)
+    # Workers inherit the head's environment, not the driver's sys.path: they import tests/ modules through it.
+    env = {**os.environ, "PYTHONPATH": _jobs_python_path()}
+    start = _run_script([RAY_SCRIPT, "start", "--dir", ray_dir, "--port", port, "--num-cpus", 2], 300, env=env)
     if start.returncode != 0:
         _run_script([RAY_SCRIPT, "stop", "--dir", ray_dir], 120)
         pytest.fail(f"scripts/ray_cluster.sh start failed:\n{start.stdout}\n{start.stderr}", pytrace=False)

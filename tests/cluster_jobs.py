@@ -60,3 +60,54 @@ def gloo_all_reduce() -> dict:
                 "sum": value.item(), "pid": os.getpid()}
     finally:
         dist.destroy_process_group()
+
+
+# ----- Ray Tune trials -----
+
+def tune_square(config: dict) -> None:
+    from ray import tune
+
+    tune.report({"y": config["x"] * config["x"]})
+
+
+def crash_first_attempt(config: dict) -> None:
+    """Crashes the first time it runs (a marker file remembers), succeeds on the retry."""
+    from ray import tune
+
+    attempts = Path(config["attempts_file"])
+    with attempts.open("a") as f:
+        f.write("attempt\n")
+    if len(attempts.read_text().splitlines()) == 1:
+        raise RuntimeError("simulated crash of the first attempt")
+    tune.report({"ok": 1})
+
+
+def _gloo_worker(config: dict) -> None:
+    """One Ray Train worker: all_reduce of (rank + 1) * scale over the group TorchTrainer set up."""
+    import ray.train
+    import torch
+    import torch.distributed as dist
+
+    context = ray.train.get_context()
+    value = torch.tensor([float(context.get_world_rank() + 1) * config["scale"]])
+    dist.all_reduce(value)
+    ray.train.report({"sum": value.item(), "world_size": dist.get_world_size(), "backend": dist.get_backend(),
+                      "rank": context.get_world_rank()})
+
+
+def torch_trainer_trial(config: dict) -> None:
+    """A Tune trial driving a 2-worker TorchTrainer (Ray Train V2: the trial is the driver function)."""
+    import ray.train
+    from ray import tune
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    trainer = TorchTrainer(
+        _gloo_worker,
+        train_loop_config={"scale": config["scale"]},
+        torch_config=TorchConfig(backend="gloo"),
+        scaling_config=ray.train.ScalingConfig(num_workers=2, use_gpu=False, resources_per_worker={"CPU": 0.9}),
+        run_config=ray.train.RunConfig(name=f"train-{tune.get_context().get_trial_id()}",
+                                       storage_path=config["storage_path"], callbacks=[TuneReportCallback()]),
+    )
+    trainer.fit()
