@@ -119,8 +119,12 @@ def slurm_cluster():
         pytest.fail(problem, pytrace=False)
     # Under /tmp, not pytest's tmp_path: munge and mysql must be able to enter it (pytest's is mode 700).
     cluster_dir = Path(tempfile.mkdtemp(prefix="wsss-slurm-", dir="/tmp"))
-    port_base = _free_port_block(4)
-    start = _run_script([SLURM_SCRIPT, "start", "--dir", cluster_dir, "--port-base", port_base], START_TIMEOUT_S)
+    for _ in range(3):  # a free port may be taken between our check and the daemon's bind
+        port_base = _free_port_block(4)
+        start = _run_script([SLURM_SCRIPT, "start", "--dir", cluster_dir, "--port-base", port_base],
+                            START_TIMEOUT_S)
+        if "is in use" not in start.stderr:
+            break
     if start.returncode != 0:
         _run_script([SLURM_SCRIPT, "stop", "--dir", cluster_dir], 180)
         pytest.fail(f"scripts/slurm_cluster.sh start failed (logs in {cluster_dir}/log):\n"
@@ -147,10 +151,13 @@ def ray_cluster():
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     # Short path: Ray puts unix sockets under its temp dir (limit ~107 characters).
     ray_dir = Path(tempfile.mkdtemp(prefix="wsss-ray-", dir="/tmp"))
-    port = _free_port_block(8)
     # Workers inherit the head's environment, not the driver's sys.path: they import tests/ modules through it.
     env = {**os.environ, "PYTHONPATH": _jobs_python_path()}
-    start = _run_script([RAY_SCRIPT, "start", "--dir", ray_dir, "--port", port, "--num-cpus", 2], 300, env=env)
+    for _ in range(3):  # a free port may be taken between our check and the head's bind
+        port = _free_port_block(8)
+        start = _run_script([RAY_SCRIPT, "start", "--dir", ray_dir, "--port", port, "--num-cpus", 2], 300, env=env)
+        if "is in use" not in start.stderr:
+            break
     if start.returncode != 0:
         _run_script([RAY_SCRIPT, "stop", "--dir", ray_dir], 120)
         pytest.fail(f"scripts/ray_cluster.sh start failed:\n{start.stdout}\n{start.stderr}", pytrace=False)

@@ -5,6 +5,8 @@ resume from a checkpoint, and 2-task jobs that form a torch.distributed (gloo) g
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import time
 
 import pytest
@@ -62,7 +64,7 @@ def test_failed_job_raises_with_the_original_message(slurm_cluster):
 
 
 def test_preempted_checkpointable_resumes_from_its_checkpoint(slurm_cluster, tmp_path):
-    n_steps, step_s = 10, 0.5
+    n_steps, step_s = 14, 0.5
     progress = tmp_path / "progress.txt"
     # submitit calls a signal within 10 min of the time limit a timeout, not a preemption
     executor = slurm_cluster.executor("preempt", timeout_min=60)
@@ -92,3 +94,33 @@ def test_two_tasks_form_a_gloo_group(slurm_cluster):
     assert all(r["num_tasks"] == 2 and r["world_size"] == 2 for r in results)
     assert all(r["sum"] == 3.0 for r in results), results  # (0 + 1) + (1 + 1)
     assert results[0]["pid"] != results[1]["pid"]
+
+
+def test_start_on_a_stale_dir_gives_fresh_state_and_accounting(slurm_cluster):
+    """A crashed cluster's folder is wiped on start: job ids restart and sacct knows no old jobs."""
+    from cluster_fixtures import SLURM_SCRIPT, _free_port_block, _run_script
+
+    cluster_dir = slurm_cluster.dir.parent / f"{slurm_cluster.dir.name}-stale"
+    args = ["--dir", str(cluster_dir), "--port-base", str(_free_port_block(4))]
+    env = {**os.environ, "SLURM_CONF": str(cluster_dir / "slurm.conf")}
+
+    def sh(*cmd):
+        return subprocess.run(cmd, capture_output=True, text=True, env=env, check=True, cwd=cluster_dir).stdout
+
+    try:
+        start = _run_script([SLURM_SCRIPT, "start", *args], 420)
+        assert start.returncode == 0, start.stdout + start.stderr
+        first = sh("sbatch", "--parsable", "--wrap", "true").strip()
+        wait_for(lambda: "COMPLETED" in sh("sacct", "-n", "-X", "-P", "-o", "State", "-j", first), 60,
+                 "the first job to complete")
+        for pid_file in (cluster_dir / "run").glob("*.pid"):  # a crash: every daemon dies, state stays
+            if pid_file.read_text().strip():
+                subprocess.run(["kill", "-KILL", pid_file.read_text().strip()], check=False)
+        restart = _run_script([SLURM_SCRIPT, "start", *args], 420)
+        assert restart.returncode == 0, restart.stdout + restart.stderr
+        assert "stale state" in restart.stdout
+        assert sh("sacct", "-n", "-X", "-S", "2000-01-01", "-o", "JobID").strip() == "", "old jobs survived"
+        assert sh("sbatch", "--parsable", "--wrap", "true").strip() == first, "job ids did not restart"
+    finally:
+        _run_script([SLURM_SCRIPT, "stop", "--dir", str(cluster_dir)], 180)
+        shutil.rmtree(cluster_dir, ignore_errors=True)
