@@ -219,3 +219,17 @@ def test_config_refuses_pooling_addon_on_a_baseline_without_pooling_and_two_pool
     assert set(terms) == {"pcl", "fsl"}
     with pytest.raises(ConfigError, match="more than once"):
         load_run_config(None, ["addons=[{name: feature_similarity}, {name: feature_similarity}]"])
+
+
+def test_windowed_gradient_equals_all_pairs_gradient():
+    gen = torch.Generator().manual_seed(3)
+    z = torch.randn(2, 3, 7, 9, generator=gen, dtype=torch.float64)
+    label = torch.tensor([[1.0, 0, 1], [0, 1, 1]], dtype=torch.float64)
+    rgb = torch.rand(2, 3, 7, 9, generator=gen, dtype=torch.float64)
+    grads = []
+    for form in ("windowed", "all_pairs"):
+        logits = z.clone().requires_grad_(True)
+        params = FeatureSimilarityParams(form=form, sigma=1.5, radius=3)
+        feature_similarity_loss(logits, label, rgb, params, "binomial").backward()
+        grads.append(logits.grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)

@@ -11,7 +11,9 @@ d_y = ½‖y_i − y_j‖²; k_ij = exp(−‖p_i − p_j‖² / (2σ²)) over g
 L = −(1/(N·h·w)) Σ_ij k_ij d_y ψ, summed over ordered pairs.
 
 All pairs costs O((hw)²) memory; the windowed form visits each grid offset (a, b) with |a|, |b| ≤ r
-once (shifted differences, O(N·C·h·w) memory), using the symmetry of the pair terms to do half of them.
+once (shifted differences, O(N·C·h·w) memory), using the symmetry of the pair terms to do half of them,
+and gets its gradient in closed form (the loss is quadratic in y) instead of keeping one autograd
+tensor per offset.
 Both truncate the kernel to that square window, so they agree when given the same radius.
 """
 
@@ -102,21 +104,37 @@ def window_offsets(radius: int, h: int, w: int) -> list[tuple[int, int]]:
 
 def fsl_windowed(y: torch.Tensor, rgb: torch.Tensor, mu: float, sigma: float, radius: int,
                  eps: float) -> torch.Tensor:
-    """Same sum as :func:`fsl_all_pairs` with the kernel truncated to |a|, |b| ≤ radius, by shifted
-    differences: memory O(N·C·h·w) whatever the radius."""
+    """Same sum as :func:`fsl_all_pairs` with the kernel truncated to |a|, |b| ≤ radius, in O(N·C·h·w)
+    memory whatever the radius.
+
+    With W_ij = k_ij ψ_ij (symmetric, no gradient) the loss is a quadratic form in y, so its gradient is
+    −(2/(N·h·w)) (D ⊙ y − W y) with D_i = Σ_j W_ij. One no-grad pass over the window offsets (shifted
+    differences) accumulates the value, D and W y; autograd then only keeps those, not one tensor per
+    offset.
+    """
     n, _, h, w = y.shape
-    total = y.new_zeros(())
-    for a, b in window_offsets(radius, h, w):
-        # cells i = (r, c) and j = (r + a, c + b) that both lie on the grid
-        c0, c1 = max(0, -b), w - max(0, b)
-        yi, yj = y[:, :, : h - a, c0:c1], y[:, :, a:, c0 + b: c1 + b]
-        xi, xj = rgb[:, :, : h - a, c0:c1], rgb[:, :, a:, c0 + b: c1 + b]
-        d_y = 0.5 * ((yi - yj) ** 2).sum(1)
-        psi = colour_potential((xi - xj).abs().sum(1), mu, eps)
-        kernel = math.exp(-(a * a + b * b) / (2 * sigma ** 2))
-        total = total + kernel * (d_y * psi).sum()
-    # each unordered pair appears twice in the ordered sum
-    return -2.0 * total / (n * h * w)
+    with torch.no_grad():
+        value = y.new_zeros((), dtype=torch.float64)
+        degree = torch.zeros_like(y[:, :1])
+        weighted = torch.zeros_like(y)
+        for a, b in window_offsets(radius, h, w):
+            # cells i = (r, c) and j = (r + a, c + b) that both lie on the grid
+            c0, c1 = max(0, -b), w - max(0, b)
+            at_i = (slice(None), slice(None), slice(0, h - a), slice(c0, c1))
+            at_j = (slice(None), slice(None), slice(a, h), slice(c0 + b, c1 + b))
+            yi, yj = y[at_i], y[at_j]
+            psi = colour_potential((rgb[at_i] - rgb[at_j]).abs().sum(1, keepdim=True), mu, eps)
+            pair_weight = math.exp(-(a * a + b * b) / (2 * sigma ** 2)) * psi
+            value += (pair_weight * 0.5 * ((yi - yj) ** 2).sum(1, keepdim=True)).sum(dtype=torch.float64)
+            degree[at_i] += pair_weight
+            degree[at_j] += pair_weight
+            weighted[at_i] += pair_weight * yj
+            weighted[at_j] += pair_weight * yi
+        # each unordered pair appears twice in the ordered sum
+        loss_value = (-2.0 * value / (n * h * w)).to(y.dtype)
+    # surrogate with the right gradient, −(2/(N·h·w)) Σ (D y − W y), and zero value
+    surrogate = -(degree * y * y - 2.0 * weighted * y).sum() / (n * h * w)
+    return loss_value + surrogate - surrogate.detach()
 
 
 def feature_similarity_loss(logits: torch.Tensor, label: torch.Tensor, rgb: torch.Tensor,
