@@ -81,6 +81,7 @@ class SlurmCluster:
     env: dict[str, str]          # what the session's os.environ got: SLURM_CONF, PYTHONPATH
     partition: str = "debug"
     _counter: itertools.count = field(default_factory=itertools.count, repr=False)
+    _saved_environ: dict = field(default_factory=dict, repr=False)
 
     @property
     def log_dir(self) -> Path:
@@ -112,11 +113,45 @@ class SlurmCluster:
         return _run_script([SLURM_SCRIPT, *args, "--dir", self.dir], timeout)
 
 
-@pytest.fixture(scope="session")
-def slurm_cluster():
+class _SharedCluster:
+    """One cluster per pytest process, however many test modules import the fixture.
+
+    `from cluster_fixtures import slurm_cluster` gives every importing module its own copy of the fixture,
+    and a session fixture runs once per copy: without this, each module would start its own cluster. The
+    cluster starts with the first user and stops when the last copy is finalised (end of session).
+    """
+
+    def __init__(self, start, stop):
+        self._start, self._stop = start, stop
+        self._users = 0
+        self._value = None
+        self._failure: str | None = None
+
+    def __enter__(self):
+        if self._failure:
+            pytest.fail(self._failure, pytrace=False)
+        if self._users == 0:
+            try:
+                self._value = self._start()
+            except Exception as error:  # noqa: BLE001 - any start failure fails every user the same way
+                self._failure = str(error)
+            if self._failure:
+                pytest.fail(self._failure, pytrace=False)
+        self._users += 1
+        return self._value
+
+    def __exit__(self, *exc):
+        self._users -= 1
+        if self._users == 0:
+            value, self._value = self._value, None
+            self._stop(value)
+        return False
+
+
+def _start_slurm() -> SlurmCluster:
     problem = slurm_prerequisites_problem()
     if problem:
-        pytest.fail(problem, pytrace=False)
+        raise RuntimeError(problem)
     # Under /tmp, not pytest's tmp_path: munge and mysql must be able to enter it (pytest's is mode 700).
     cluster_dir = Path(tempfile.mkdtemp(prefix="wsss-slurm-", dir="/tmp"))
     for _ in range(3):  # a free port may be taken between our check and the daemon's bind
@@ -127,27 +162,27 @@ def slurm_cluster():
             break
     if start.returncode != 0:
         _run_script([SLURM_SCRIPT, "stop", "--dir", cluster_dir], 180)
-        pytest.fail(f"scripts/slurm_cluster.sh start failed (logs in {cluster_dir}/log):\n"
-                    f"{start.stdout}\n{start.stderr}", pytrace=False)
+        raise RuntimeError(f"scripts/slurm_cluster.sh start failed (logs in {cluster_dir}/log):\n"
+                           f"{start.stdout}\n{start.stderr}")
     env = {"SLURM_CONF": str(cluster_dir / "slurm.conf"), "PYTHONPATH": _jobs_python_path()}
-    saved = {key: os.environ.get(key) for key in env}
+    cluster = SlurmCluster(dir=cluster_dir, env=env)
+    cluster._saved_environ = {key: os.environ.get(key) for key in env}
     os.environ.update(env)
-    try:
-        yield SlurmCluster(dir=cluster_dir, env=env)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        stop = _run_script([SLURM_SCRIPT, "stop", "--dir", cluster_dir], 180)
-        if stop.returncode == 0 and not os.environ.get("WSSS_KEEP_CLUSTER_DIRS"):
-            shutil.rmtree(cluster_dir, ignore_errors=True)
+    return cluster
 
 
-@pytest.fixture(scope="session")
-def ray_cluster():
-    """Address ('127.0.0.1:PORT') of a local Ray head with 2 CPUs, for ray.init(address=...)."""
+def _stop_slurm(cluster: SlurmCluster) -> None:
+    for key, value in cluster._saved_environ.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    stop = _run_script([SLURM_SCRIPT, "stop", "--dir", cluster.dir], 180)
+    if stop.returncode == 0 and not os.environ.get("WSSS_KEEP_CLUSTER_DIRS"):
+        shutil.rmtree(cluster.dir, ignore_errors=True)
+
+
+def _start_ray() -> tuple[str, Path]:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     # Short path: Ray puts unix sockets under its temp dir (limit ~107 characters).
     ray_dir = Path(tempfile.mkdtemp(prefix="wsss-ray-", dir="/tmp"))
@@ -160,14 +195,34 @@ def ray_cluster():
             break
     if start.returncode != 0:
         _run_script([RAY_SCRIPT, "stop", "--dir", ray_dir], 120)
-        pytest.fail(f"scripts/ray_cluster.sh start failed:\n{start.stdout}\n{start.stderr}", pytrace=False)
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        import ray
+        raise RuntimeError(f"scripts/ray_cluster.sh start failed:\n{start.stdout}\n{start.stderr}")
+    return f"127.0.0.1:{port}", ray_dir
 
-        if ray.is_initialized():
-            ray.shutdown()
-        stop = _run_script([RAY_SCRIPT, "stop", "--dir", ray_dir], 120)
-        if stop.returncode == 0 and not os.environ.get("WSSS_KEEP_CLUSTER_DIRS"):
-            shutil.rmtree(ray_dir, ignore_errors=True)
+
+def _stop_ray(started: tuple[str, Path]) -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    _, ray_dir = started
+    stop = _run_script([RAY_SCRIPT, "stop", "--dir", ray_dir], 120)
+    if stop.returncode == 0 and not os.environ.get("WSSS_KEEP_CLUSTER_DIRS"):
+        shutil.rmtree(ray_dir, ignore_errors=True)
+
+
+_SLURM = _SharedCluster(_start_slurm, _stop_slurm)
+_RAY = _SharedCluster(_start_ray, _stop_ray)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """The session's single-node Slurm cluster (a `SlurmCluster`); SLURM_CONF points at it meanwhile."""
+    with _SLURM as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """Address ('127.0.0.1:PORT') of the session's local Ray head (2 CPUs), for ray.init(address=...)."""
+    with _RAY as (address, _):
+        yield address
