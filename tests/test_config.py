@@ -72,3 +72,13 @@ def test_registry_lists_valid_names():
     reg.register("seam")(object)
     with pytest.raises(ConfigError, match=r"sweep.yaml: unknown baseline 'amm'; valid choices: cam, seam"):
         reg.get("amm", "sweep.yaml")
+
+
+def test_yaml_reads_exponent_floats(tmp_path):
+    from wsss_core.config import load_yaml
+
+    path = tmp_path / "c.yaml"
+    path.write_text("lr: 1e-4\nwd: 5E-4\nbig: 1e30\nname: 1e4x\nsteps: 10\nplain: 0.5\n")
+    data = load_yaml(path)
+    assert data == {"lr": 1e-4, "wd": 5e-4, "big": 1e30, "name": "1e4x", "steps": 10, "plain": 0.5}
+    assert apply_overrides({}, ["optim.weight_decay=1e-4"]) == {"optim": {"weight_decay": 1e-4}}

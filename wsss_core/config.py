@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import types
 import typing
 from pathlib import Path
@@ -22,6 +23,30 @@ import yaml
 from .errors import ConfigError
 
 T = TypeVar("T")
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """SafeLoader that reads ``1e-4`` as a float: PyYAML follows YAML 1.1, where a float needs a dot
+    (``1.0e-4``), and configs are full of learning rates and weight decays written the short way."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def yaml_load(text: str) -> Any:
+    """Parse YAML text with the project's loader (safe; ``1e-4`` is a float)."""
+    return yaml.load(text, Loader=_YamlLoader)
 
 
 def _type_name(tp: Any) -> str:
@@ -168,7 +193,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if data is None:
@@ -186,7 +211,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
             raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. train.lr=0.01")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw)
+            value = yaml_load(raw)
         except yaml.YAMLError:
             value = raw
         node = out
