@@ -217,6 +217,10 @@ def run_sweep(spec: SweepSpec | str | Path, workdir: str | Path | None = None, o
     if to_run:
         try:
             errors = module.launch(spec, plan, to_run, opts, stream)
+        except KeyboardInterrupt:
+            # Not a failure: records whose owner is gone are stale and rerun next time; Slurm jobs keep running
+            # and are re-attached to.
+            raise
         except BaseException as exc:
             for trial in to_run:
                 mark_unrecorded_failure(trial, f"launcher {opts.launcher} stopped: {type(exc).__name__}: {exc}")
@@ -226,7 +230,18 @@ def run_sweep(spec: SweepSpec | str | Path, workdir: str | Path | None = None, o
                 mark_unrecorded_failure(trial, errors[trial.trial_id])
     wait_for([by_id[i] for i in outcome.reattached], opts.poll_s, stream)
     outcome.records = [state.read_trial(t.record_path) or {} for t in plan.trials]
+    if ctx is not None:
+        _finish_tracking(ctx, outcome, stream)
     return outcome
+
+
+def _finish_tracking(ctx: Any, outcome: SweepOutcome, stream) -> None:
+    try:
+        from wsss_core.tracking import finish_sweep_tracking
+
+        finish_sweep_tracking(ctx, "FINISHED" if outcome.ok else "FAILED")
+    except Exception as exc:  # tracking never fails a sweep whose results are on disk
+        print(f"[sweep] tracking: could not close the sweep's parent run: {exc}", file=stream)
 
 
 def format_status(records: list[dict[str, Any]], sweep: str) -> str:
