@@ -48,6 +48,7 @@ cluster_pids() {
   local p
   for p in /proc/[0-9]*; do
     [ "${p#/proc/}" = "$$" ] && continue
+    grep -q '^[0-9]* (.*) Z' "$p/stat" 2>/dev/null && continue   # a zombie: already dead
     { tr '\0' '\n' <"$p/environ"; } 2>/dev/null | grep -qxF "WSSS_RAY_CLUSTER_DIR=$DIR" && echo "${p#/proc/}"
   done
   return 0
@@ -66,7 +67,8 @@ cmd_stop() {
   fi
   # shellcheck disable=SC2086
   kill -TERM $pids 2>/dev/null || true
-  local deadline=$((SECONDS + 15))
+  # Like `ray stop --force` a test cluster needs no graceful shutdown; gcs_server ignores SIGTERM anyway.
+  local deadline=$((SECONDS + 3))
   while [ -n "$(cluster_pids)" ] && [ $SECONDS -lt $deadline ]; do sleep 0.3; done
   pids=$(cluster_pids | tr '\n' ' ')
   if [ -n "${pids// /}" ]; then
