@@ -40,6 +40,7 @@ class _Group:
     procs: list[subprocess.Popen] = field(default_factory=list)
     logs: list[Path] = field(default_factory=list)
     failed_at: float | None = None
+    gpus: list[int] = field(default_factory=list)
 
     def codes(self) -> list[int | None]:
         return [p.poll() for p in self.procs]
@@ -53,18 +54,21 @@ class _Group:
                 proc.send_signal(signal.SIGTERM)
 
 
-def _start(trial: TrialSpec) -> _Group:
+def _start(trial: TrialSpec, gpus: list[int]) -> _Group:
+    """Start the trial's ranks; ``gpus``: the devices it was given (one per rank), empty on CPU."""
     res = Resources(**trial.resources)
     spec_path = write_trial_spec(trial)
     log_dir = state.sweep_dir(Path(trial.workdir), trial.sweep) / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     port = _free_port()
-    group = _Group(trial)
+    group = _Group(trial, gpus=list(gpus))
     for rank in range(res.world_size):
         env = dict(os.environ, OMP_NUM_THREADS=str(res.cpus_per_task), WSSS_CPUS_PER_TASK=str(res.cpus_per_task),
                    PYTHONUNBUFFERED="1")
         for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
             env.pop(key, None)
+        if gpus:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus))  # rank r takes cuda:r of these
         if res.world_size > 1:
             env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(res.world_size),
                        LOCAL_WORLD_SIZE=str(res.world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -74,6 +78,18 @@ def _start(trial: TrialSpec) -> _Group:
                                                 env=env, stdout=handle, stderr=subprocess.STDOUT))
         group.logs.append(log)
     return group
+
+
+def _visible_gpus() -> list[int]:
+    """The GPU indices this launcher may hand out (respecting an outer CUDA_VISIBLE_DEVICES)."""
+    import torch
+
+    count = torch.cuda.device_count()
+    outer = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if outer:
+        ids = [int(x) for x in outer.split(",") if x.strip().isdigit()]
+        return ids[:count] if count else ids
+    return list(range(count))
 
 
 def _log_tail(path: Path, lines: int = 3) -> str:
@@ -91,6 +107,7 @@ def launch(spec: SweepSpec, plan: SweepPlan, trials: list[TrialSpec], opts: Subm
     cores = machine_cores() * settings.oversubscribe
     memory = machine_memory_gb() * 0.9
     limit = opts.max_concurrent or settings.max_concurrent or len(trials)
+    free_gpus = _visible_gpus() if any(t.resources["gpus_per_node"] for t in trials) else []
     queue = list(trials)
     running: list[_Group] = []
     errors: dict[str, str | None] = {}
@@ -104,8 +121,11 @@ def launch(spec: SweepSpec, plan: SweepPlan, trials: list[TrialSpec], opts: Subm
                 need = res.world_size * res.cpus_per_task
                 if running and (used_cores + need > cores or used_mem + res.mem_gb > memory):
                     break
+                if res.gpus_per_node > len(free_gpus):
+                    break  # wait for a running trial to give its GPUs back
+                given, free_gpus = free_gpus[:res.gpus_per_node], free_gpus[res.gpus_per_node:]
                 trial = queue.pop(0)
-                running.append(_start(trial))
+                running.append(_start(trial, given))
                 used_cores += need
                 used_mem += res.mem_gb
                 print(f"[local] started {trial.trial_id} ({res.world_size} process(es))", file=stream, flush=True)
@@ -118,6 +138,7 @@ def launch(spec: SweepSpec, plan: SweepPlan, trials: list[TrialSpec], opts: Subm
                     group.terminate()  # a rank blocked in a collective after its peer failed
                 if group.done():
                     running.remove(group)
+                    free_gpus = sorted(free_gpus + group.gpus)
                     codes = group.codes()
                     tid = group.trial.trial_id
                     if any(codes):

@@ -112,9 +112,12 @@ def _posterior(entries: list[dict[str, Any]]) -> str | None:
 def _stage_keys(cfg: Any, chain: tuple[str, ...], extras: dict[str, Any]) -> list[tuple[str, str, dict[str, str]]]:
     keys: dict[str, str] = {}
     out = []
-    for name in chain:
+    for position, name in enumerate(chain):
         defn = STAGES.get(name)
         inputs = {i: keys[i] for i in defn.inputs if i in keys}
+        if defn.inputs and not inputs and position > 0:
+            # A longer chain (e.g. AMN's): a stage takes the output of the stage before it.
+            inputs = {chain[position - 1]: keys[chain[position - 1]]}
         key = stable_hash({"stage": name, "config": defn.key_slice(cfg, extras), "inputs": inputs})
         keys[name] = key
         out.append((name, key, inputs))

@@ -12,7 +12,9 @@ The default chain, in order (IRN style: one entry function per stage)::
     eval   wsss_core.evaluation.evaluate_cams: every threshold, one pass       rank 0
 
 A baseline with a longer chain (AMN: CAM training → seeds → AMN training → maps → eval) registers its
-stages with :func:`register_stage` and its chain in ``PIPELINES``.
+stages with :func:`register_stage` and its chain in ``PIPELINES`` (e.g. ``PIPELINES["amn"] = ("train",
+"cams", "amn_seeds", "amn_train", "amn_maps", "eval")``). A stage whose declared inputs are not in the
+chain takes the stage before it: ``eval`` then scores the CamStore at ``<amn_maps dir>/cams``.
 """
 
 from __future__ import annotations
@@ -126,7 +128,8 @@ def _run_eval(run: StageRun) -> dict[str, Any]:
     from wsss_core.training.cams import CAM_DIR, summarise
 
     cfg = run.cfg
-    result = evaluate_cams(run.inputs["cams"] / CAM_DIR, cfg.data.root, cfg.cams.split,
+    (source,) = run.inputs.values()  # the stage that wrote <its dir>/cams: cams, or a refinement stage
+    result = evaluate_cams(source / CAM_DIR, cfg.data.root, cfg.cams.split,
                            thresholds=list(cfg.eval.thresholds) if cfg.eval.thresholds else None,
                            pred_255=cfg.eval.pred_255, workers=cfg.eval.workers)
     paths = write_eval_outputs(result, run.stage_dir)
@@ -272,7 +275,7 @@ def run_stage(trial: "TrialSpec", stage: "StageSpec", cfg: "RunConfig", env: "Di
             raise TrainingError(decision[len("fault:"):])
         if defn.distributed or env.is_main:
             sink = _make_sink(trial, stage, defn, cfg) if env.is_main else None
-            inputs = {name: Path(trial.stage(name).dir) for name in defn.inputs if trial.has_stage(name)}
+            inputs = {name: Path(trial.stage(name).dir) for name in stage.inputs}
             summary = defn.run(StageRun(cfg, sdir, inputs, env, sink, trial)) or {}
     except Exception as exc:
         error = _error_line(exc)

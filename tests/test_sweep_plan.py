@@ -93,3 +93,19 @@ def test_plan_command_prints_counts_and_submits_nothing(tmp_path, capsys):
     assert "6 trials = baseline 1 × addons 3 × seed 2" in out
     assert "trainings: 6" in out and "96 thresholds" in out and "CPU core-hours" in out
     assert not workdir.exists()
+
+
+def test_a_baseline_can_declare_a_longer_stage_chain(tmp_path, monkeypatch):
+    from launchers.stages import PIPELINES, STAGES, StageDef
+
+    refine = StageDef("refine", ("cams",), lambda cfg, extras: {"crf": "amn"}, lambda run: {}, distributed=False)
+    monkeypatch.setitem(STAGES._items, "refine", refine)
+    monkeypatch.setitem(PIPELINES, "amn", ("train", "cams", "refine", "eval"))
+    spec = load_sweep(write_sweep(tmp_path / "amn.yaml", tiny_sweep(axes={"baseline": ["cam", "amn"]})))
+    plan = plan_sweep(spec, tmp_path / "work")
+    cam, amn = plan.trials
+    assert [s.name for s in cam.stages] == ["data", "train", "cams", "eval"]
+    assert [s.name for s in amn.stages] == ["data", "train", "cams", "refine", "eval"]
+    assert amn.stage("refine").inputs == {"cams": amn.stage("cams").key}
+    assert amn.stage("eval").inputs == {"refine": amn.stage("refine").key}  # scores the refined maps
+    assert plan.stage_status()["train"]["unique"] == 2
