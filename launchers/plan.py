@@ -21,7 +21,7 @@ from wsss_core.errors import ConfigError
 
 from . import state
 from .spec import Resources, SweepSpec, describe, validate_trials
-from .stages import STAGES, pipeline
+from .stages import PREVIOUS, STAGES, pipeline
 
 WORKDIR_ENV = "WSSS_WORKDIR"
 
@@ -114,7 +114,8 @@ def _stage_keys(cfg: Any, chain: tuple[str, ...], extras: dict[str, Any]) -> lis
     out = []
     for position, name in enumerate(chain):
         defn = STAGES.get(name)
-        inputs = {i: keys[i] for i in defn.inputs if i in keys}
+        wanted = [chain[position - 1] if i == PREVIOUS and position > 0 else i for i in defn.inputs]
+        inputs = {i: keys[i] for i in wanted if i in keys}
         if defn.inputs and not inputs and position > 0:
             # A longer chain (e.g. AMN's): a stage takes the output of the stage before it.
             inputs = {chain[position - 1]: keys[chain[position - 1]]}

@@ -13,8 +13,9 @@ The default chain, in order (IRN style: one entry function per stage)::
 
 A baseline with a longer chain (AMN: CAM training → seeds → AMN training → maps → eval) registers its
 stages with :func:`register_stage` and its chain in ``PIPELINES`` (e.g. ``PIPELINES["amn"] = ("train",
-"cams", "amn_seeds", "amn_train", "amn_maps", "eval")``). A stage whose declared inputs are not in the
-chain takes the stage before it: ``eval`` then scores the CamStore at ``<amn_maps dir>/cams``.
+"cams", "amn_seeds", "amn_train", "amn_maps", "eval")``). An input named ``PREVIOUS`` (and any stage whose
+declared inputs are not in the chain) takes the stage before it: ``eval`` scores the CamStore at
+``<dir of the stage before it>/cams``, here AMN's maps.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ class StageDef:
 
 
 STAGES: Registry = Registry("stage")
+PREVIOUS = "<previous>"  # as a stage input: whatever stage comes before it in the chain
 # Baseline -> its stage chain after the optional data stage; "*" is the default.
 PIPELINES: dict[str, tuple[str, ...]] = {"*": ("train", "cams", "eval")}
 
@@ -147,7 +149,7 @@ def _run_eval(run: StageRun) -> dict[str, Any]:
 register_stage(StageDef("data", (), _data_slice, _run_data))
 register_stage(StageDef("train", ("data",), _train_slice, _run_train, distributed=True, sink_stage="train"))
 register_stage(StageDef("cams", ("train",), _cams_slice, _run_cams, distributed=True, sink_stage="cams"))
-register_stage(StageDef("eval", ("cams",), _eval_slice, _run_eval, evaluation_only=True, sink_stage="eval"))
+register_stage(StageDef("eval", (PREVIOUS,), _eval_slice, _run_eval, evaluation_only=True, sink_stage="eval"))
 
 
 # -- running a trial -------------------------------------------------------------------------------------
@@ -370,4 +372,4 @@ def run_trial(trial: "TrialSpec") -> dict[str, Any]:
     return outcomes
 
 
-__all__ = ["STAGES", "PIPELINES", "StageDef", "StageRun", "register_stage", "pipeline", "run_stage", "run_trial"]
+__all__ = ["STAGES", "PIPELINES", "PREVIOUS", "StageDef", "StageRun", "register_stage", "pipeline", "run_stage", "run_trial"]
