@@ -6,7 +6,7 @@ Use them from a test file with
 
 `slurm_cluster` yields a `SlurmCluster` (config in SLURM_CONF for the whole session, a fresh submitit folder
 per call of `.submitit_folder()`); `ray_cluster` yields the address of a local Ray head for
-`ray.init(address=...)`. Both stop their cluster at the end of the session, also when tests failed.
+`ray.init(address=...)` (`ray_head`: the same head with its folder). Both stop their cluster at the end of the session, also when tests failed.
 Functions submitted to Slurm are pickled by reference: put them in an importable module (tests/ and the
 repository root are on the jobs' PYTHONPATH).
 """
@@ -182,7 +182,13 @@ def _stop_slurm(cluster: SlurmCluster) -> None:
         shutil.rmtree(cluster.dir, ignore_errors=True)
 
 
-def _start_ray() -> tuple[str, Path]:
+@dataclass(frozen=True)
+class RayHead:
+    address: str  # '127.0.0.1:PORT', for ray.init(address=...)
+    dir: Path     # Ray's temp dir: logs in dir/session_latest/logs
+
+
+def _start_ray() -> RayHead:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     # Short path: Ray puts unix sockets under its temp dir (limit ~107 characters).
     ray_dir = Path(tempfile.mkdtemp(prefix="wsss-ray-", dir="/tmp"))
@@ -196,18 +202,17 @@ def _start_ray() -> tuple[str, Path]:
     if start.returncode != 0:
         _run_script([RAY_SCRIPT, "stop", "--dir", ray_dir], 120)
         raise RuntimeError(f"scripts/ray_cluster.sh start failed:\n{start.stdout}\n{start.stderr}")
-    return f"127.0.0.1:{port}", ray_dir
+    return RayHead(address=f"127.0.0.1:{port}", dir=ray_dir)
 
 
-def _stop_ray(started: tuple[str, Path]) -> None:
+def _stop_ray(head: RayHead) -> None:
     import ray
 
     if ray.is_initialized():
         ray.shutdown()
-    _, ray_dir = started
-    stop = _run_script([RAY_SCRIPT, "stop", "--dir", ray_dir], 120)
+    stop = _run_script([RAY_SCRIPT, "stop", "--dir", head.dir], 120)
     if stop.returncode == 0 and not os.environ.get("WSSS_KEEP_CLUSTER_DIRS"):
-        shutil.rmtree(ray_dir, ignore_errors=True)
+        shutil.rmtree(head.dir, ignore_errors=True)
 
 
 _SLURM = _SharedCluster(_start_slurm, _stop_slurm)
@@ -224,5 +229,12 @@ def slurm_cluster():
 @pytest.fixture(scope="session")
 def ray_cluster():
     """Address ('127.0.0.1:PORT') of the session's local Ray head (2 CPUs), for ray.init(address=...)."""
-    with _RAY as (address, _):
-        yield address
+    with _RAY as head:
+        yield head.address
+
+
+@pytest.fixture(scope="session")
+def ray_head():
+    """The same head as `ray_cluster`, as a `RayHead` (address and folder)."""
+    with _RAY as head:
+        yield head

@@ -9,7 +9,7 @@ import ray
 from ray import tune
 
 import cluster_jobs
-from cluster_fixtures import RAY_SCRIPT, _run_script, ray_cluster  # noqa: F401
+from cluster_fixtures import RAY_SCRIPT, _run_script, ray_cluster, ray_head  # noqa: F401
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(240)]
 
@@ -68,6 +68,11 @@ def test_crashed_trial_is_retried_once(ray_connection, tmp_path):
     assert attempts.read_text().splitlines() == ["attempt", "attempt"]
 
 
-def test_script_reports_the_running_head(ray_connection):
-    status = _run_script([RAY_SCRIPT, "status", "--dir", "/nonexistent-wsss-ray"], 60)
-    assert status.returncode == 3 and "no Ray cluster answers" in status.stdout
+def test_script_status_and_idempotent_start(ray_connection, ray_head):
+    status = _run_script([RAY_SCRIPT, "status", "--dir", ray_head.dir], 120)
+    assert status.returncode == 0 and f"export RAY_ADDRESS={ray_head.address}" in status.stdout, status.stderr
+    again = _run_script([RAY_SCRIPT, "start", "--dir", ray_head.dir], 120)
+    assert again.returncode == 0 and "already running" in again.stdout, again.stdout + again.stderr
+    assert ray.cluster_resources()["CPU"] == 2.0, "a second head came up"
+    missing = _run_script([RAY_SCRIPT, "status", "--dir", "/nonexistent-wsss-ray"], 60)
+    assert missing.returncode == 3 and "no Ray cluster answers" in missing.stdout
