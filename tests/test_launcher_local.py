@@ -24,7 +24,7 @@ def test_local_sweep_end_to_end_with_ddp_trial(tmp_path, capsys):
     sweep["axes"]["thresholds"] = {"start": 0.0, "stop": 0.95, "step": 0.05}
     path = write_sweep(tmp_path / "local2.yaml", sweep)
     workdir = tmp_path / "work"
-    argv = ["sweep", "run", str(path), "--workdir", str(workdir), "--no-tracking"]
+    argv = ["sweep", "run", str(path), "--workdir", str(workdir)]  # MLflow on: SQLite in the work dir
     assert main(argv) == 0
     records = state.list_trials(workdir, "local2")
     assert len(records) == 2
@@ -36,6 +36,8 @@ def test_local_sweep_end_to_end_with_ddp_trial(tmp_path, capsys):
         result = json.loads(Path(record["eval_json"]).read_text())
         assert len(result["thresholds"]) == 20 and result["best"]["miou"] is not None
         assert set(record["stages"]) == {"data", "train", "cams", "eval"}
+        assert record["tracking"]["parent_run_id"] and set(record["tracking"]["run_ids"]) == {"train", "cams", "eval"}
+    assert (workdir / "mlflow.db").is_file()
     by_size = {r["axes"]["resources.procs_per_node"]: r for r in records}
     ddp_train = state.read_stage(Path(by_size[2]["stages"]["train"]["dir"]))
     assert ddp_train["summary"]["world_size"] == 2

@@ -111,3 +111,20 @@ def test_dead_owner_is_stale_and_live_owner_is_reattached(tmp_path):
     # A second submitter now sees the first one (this process) as the live owner of the claimed trial.
     again = claim_trials(plan, SubmitOptions(launcher="local", tracking=False), None)
     assert sorted(again.reattached) == sorted([live.trial_id, gone.trial_id]) and again.ran == []
+
+
+def test_two_concurrent_submissions_of_one_sweep_run_each_trial_once(tmp_path):
+    path = write_sweep(tmp_path / "twice.yaml", tiny_sweep("twice", axes={"seed": [0, 1]}))
+    workdir = tmp_path / "work"
+    cmd = [sys.executable, "-m", "wsss_core.cli", "sweep", "run", str(path), "--workdir", str(workdir),
+           "--no-tracking"]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    records = _records(workdir, "twice")
+    assert len(records) == 2
+    for record in records.values():
+        assert record["state"] == "finished" and record["attempts"] == 1
+        assert set(_stage_attempts(record).values()) == {1}
+    started = sum(out.count("[local] started") for out in outputs)
+    assert started == 2, outputs  # each trial started by exactly one of the two submissions
