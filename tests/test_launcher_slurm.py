@@ -91,3 +91,18 @@ def _trial_config(workdir: Path, trial_id: str) -> dict:
     from launchers.submit import load_trial_spec
 
     return load_trial_spec(state.sweep_dir(workdir, "slurmsweep") / "specs" / f"{trial_id}.pkl").config
+
+
+def test_slurm_rejects_resources_no_node_has_before_submitting(tmp_path, slurm_cluster):  # noqa: F811
+    from wsss_core.errors import ConfigError
+
+    sweep = tiny_sweep("toobig", resources={"cpus_per_task": 1, "mem_gb": 100000, "time_min": 5},
+                       launcher={"slurm": {"partition": slurm_cluster.partition}})
+    spec = load_sweep(write_sweep(tmp_path / "big.yaml", sweep))
+    with pytest.raises(ConfigError, match=f"no node of partition {slurm_cluster.partition} has that"):
+        run_sweep(spec, tmp_path / "work", SubmitOptions(launcher="slurm", tracking=False))
+    assert not (tmp_path / "work").exists()
+    sweep["launcher"]["slurm"]["partition"] = "gpu"
+    spec = load_sweep(write_sweep(tmp_path / "gpu.yaml", sweep))
+    with pytest.raises(ConfigError, match=f"unknown partition 'gpu'; valid choices: {slurm_cluster.partition}"):
+        run_sweep(spec, tmp_path / "work", SubmitOptions(launcher="slurm", tracking=False))
