@@ -33,7 +33,11 @@ def _need(trial: TrialSpec, spec: SweepSpec) -> dict[str, float]:
     return {"CPU": settings.trial_cpus + res.world_size * per_worker, "GPU": gpus * res.world_size}
 
 
+_CONNECTED_HERE = False  # whether this module called ray.init (and so owns the connection)
+
+
 def connect(address: str | None) -> None:
+    global _CONNECTED_HERE
     import ray
 
     if ray.is_initialized():
@@ -42,6 +46,18 @@ def connect(address: str | None) -> None:
         ray.init(address=address, log_to_driver=False)
     else:
         ray.init(include_dashboard=False, log_to_driver=False)
+    _CONNECTED_HERE = True
+
+
+def release() -> None:
+    """Disconnect from Ray (stopping a local instance we started) if this module connected; a connection
+    the caller made stays open."""
+    global _CONNECTED_HERE
+    if _CONNECTED_HERE:
+        import ray
+
+        ray.shutdown()
+        _CONNECTED_HERE = False
 
 
 def check_resources(spec: SweepSpec, plan: SweepPlan, opts: SubmitOptions | None = None) -> None:

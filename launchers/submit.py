@@ -193,6 +193,15 @@ def run_sweep(spec: SweepSpec | str | Path, workdir: str | Path | None = None, o
     module = launcher_module(opts.launcher)
     plan = plan_sweep(spec, workdir)
     module.check_resources(spec, plan, opts)  # before anything is written or submitted
+    try:
+        return _run_planned(spec, plan, module, opts, stream)
+    finally:
+        release = getattr(module, "release", None)  # e.g. the Ray connection check_resources opened
+        if release is not None:
+            release()
+
+
+def _run_planned(spec: SweepSpec, plan: Any, module: Any, opts: SubmitOptions, stream) -> SweepOutcome:
     plan.workdir.mkdir(parents=True, exist_ok=True)
     sweep_folder = state.sweep_dir(plan.workdir, spec.name)
     sweep_folder.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import ray
 
 from cluster_fixtures import ray_cluster  # noqa: F401
 from launchers import state
@@ -25,6 +26,7 @@ def test_ray_sweep_with_ddp_trial_and_retry(tmp_path, ray_cluster):  # noqa: F81
     workdir = tmp_path / "work"
     outcome = run_sweep(spec, workdir, SubmitOptions(launcher="ray", address=ray_cluster, tracking=False))
     assert outcome.ok, [(r["trial_id"], r.get("error")) for r in outcome.records]
+    assert not ray.is_initialized()  # the launcher closes the connection it opened
     by_size = {r["axes"]["resources.procs_per_node"]: r for r in outcome.records}
 
     flaky = by_size[1]
