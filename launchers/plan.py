@@ -93,7 +93,7 @@ class SweepPlan:
         seen: dict[str, dict[str, str]] = {}
         for trial in self.trials:
             for stage in trial.stages:
-                seen.setdefault(stage.name, {})[stage.key] = stage.dir
+                seen.setdefault(STAGES.get(stage.name).store_name, {})[stage.key] = stage.dir
         out = {}
         for name, keys in seen.items():
             states = Counter(state.stage_state(Path(d)) for d in keys.values())
@@ -119,7 +119,7 @@ def _stage_keys(cfg: Any, chain: tuple[str, ...], extras: dict[str, Any]) -> lis
         if defn.inputs and not inputs and position > 0:
             # A longer chain (e.g. AMN's): a stage takes the output of the stage before it.
             inputs = {chain[position - 1]: keys[chain[position - 1]]}
-        key = stable_hash({"stage": name, "config": defn.key_slice(cfg, extras), "inputs": inputs})
+        key = stable_hash({"stage": defn.store_name, "config": defn.key_slice(cfg, extras), "inputs": inputs})
         keys[name] = key
         out.append((name, key, inputs))
     return out
@@ -139,7 +139,7 @@ def plan_sweep(spec: SweepSpec, workdir: str | Path | None = None) -> SweepPlan:
         extras = {"synthetic": synthetic, "world_size": resources.world_size}
         chain = pipeline(cfg.model.baseline, synthetic is not None)
         keyed = _stage_keys(cfg, chain, extras)
-        stages = [StageSpec(name, key, str(state.stage_dir(workdir, name, key)), inputs,
+        stages = [StageSpec(name, key, str(state.stage_dir(workdir, STAGES.get(name).store_name, key)), inputs,
                           STAGES.get(name).distributed) for name, key, inputs in keyed]
         plain = to_dict(cfg)
         if synthetic is not None:
@@ -221,13 +221,18 @@ def format_plan(plan: SweepPlan, verbose: bool = True) -> str:
         lines.append(f"  duplicate: {combo} has the same stages as trial {trial_id} (run once)")
     status = plan.stage_status()
     lines.append("")
-    lines.append(f"{'stage':<10}{'unique':>8}{'done':>8}{'running':>9}{'failed':>8}{'to run':>8}")
-    for trial_stage in _ordered_stage_names(plan):
+    names = _ordered_stage_names(plan)
+    width = max([len("stage")] + [len(n) for n in names]) + 2
+    lines.append(f"{'stage':<{width}}{'unique':>8}{'done':>8}{'running':>9}{'failed':>8}{'to run':>8}")
+    for trial_stage in names:
         s = status[trial_stage]
-        lines.append(f"{trial_stage:<10}{s['unique']:>8}{s['finished']:>8}{s['running']:>9}{s['failed']:>8}"
+        lines.append(f"{trial_stage:<{width}}{s['unique']:>8}{s['finished']:>8}{s['running']:>9}{s['failed']:>8}"
                      f"{s['to_run']:>8}")
-    trainings = status.get("train", {}).get("unique", 0)
-    lines.append(f"trainings: {trainings} (= distinct training configs; thresholds do not multiply them)")
+    training_stages = [n for n in names if STAGES.get(n).trains_model]
+    trainings = sum(status[n]["unique"] for n in training_stages)
+    parts = [f"{status[n]['unique']} {n}" for n in training_stages]
+    detail = f" ({' + '.join(parts)})" if len(parts) > 1 else ""
+    lines.append(f"trainings: {trainings}{detail} (= distinct training configs; thresholds do not multiply them)")
     hours, unit, basis = estimate_hours(plan)
     res = plan.spec.resources
     lines.append(f"estimate for what is left: {hours:.2f} {unit} (resources per trial: {res.nodes} node(s) × "
@@ -248,6 +253,7 @@ def _ordered_stage_names(plan: SweepPlan) -> list[str]:
     names: list[str] = []
     for trial in plan.trials:
         for stage in trial.stages:
-            if stage.name not in names:
-                names.append(stage.name)
+            name = STAGES.get(stage.name).store_name  # a shared stage (AMN's CAM training) counts as its twin
+            if name not in names:
+                names.append(name)
     return names

@@ -256,6 +256,32 @@ def _parse_addons(value: Any, where: str) -> list[AxisValue]:
     return out
 
 
+def _parse_baselines(value: Any, where: str) -> list[AxisValue]:
+    """A list of baseline names, or a mapping name → run-config overrides for that baseline only (its own
+    learning rate, ``model.options``, …), merged into ``base`` before the other axes are applied."""
+    items = list(value.items()) if isinstance(value, dict) else [(n, None) for n in _list_axis(value, where)]
+    out = []
+    for i, (n, overrides) in enumerate(items):
+        at = f"{where}.{n}" if isinstance(value, dict) else f"{where}[{i}]"
+        if not isinstance(n, str):
+            raise ConfigError(f"{at}: expected a baseline name, got {n!r}; valid choices: "
+                              f"{', '.join(BASELINES.names())}")
+        BASELINES.get(n, at)
+        if overrides is not None and not isinstance(overrides, dict):
+            raise ConfigError(f"{at}: expected a mapping of run config overrides for this baseline "
+                              f"(e.g. {{optim: {{lr: 0.01}}}}) or nothing, got {overrides!r}")
+        out.append(AxisValue(n, {"name": n, "overrides": overrides or {}}))
+    return out
+
+
+def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``overrides`` merged in, mappings recursively (lists and scalars are replaced)."""
+    out = dict(base)
+    for key, value in overrides.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 def _parse_axes(raw: dict[str, Any], where: str) -> tuple[list[Axis], tuple[float, ...] | None]:
     axes: list[Axis] = []
     thresholds = None
@@ -264,13 +290,7 @@ def _parse_axes(raw: dict[str, Any], where: str) -> tuple[list[Axis], tuple[floa
         if name == "thresholds":
             thresholds = threshold_grid(value, at)
         elif name == "baseline":
-            names = _list_axis(value, at)
-            for i, n in enumerate(names):
-                if not isinstance(n, str):
-                    raise ConfigError(f"{at}[{i}]: expected a baseline name, got {n!r}; valid choices: "
-                                      f"{', '.join(BASELINES.names())}")
-                BASELINES.get(n, f"{at}[{i}]")
-            axes.append(Axis(name, [AxisValue(n, n) for n in names]))
+            axes.append(Axis(name, _parse_baselines(value, at)))
         elif name == "addons":
             axes.append(Axis(name, _parse_addons(value, at)))
         elif name == "seed":
@@ -308,7 +328,8 @@ def trial_config(spec: SweepSpec, combo: dict[str, AxisValue]) -> tuple[dict[str
     resources = dict(to_dict(spec.resources))
     for name, value in combo.items():
         if name == "baseline":
-            data.setdefault("model", {})["baseline"] = value.value
+            data = _merge(data, value.value["overrides"])
+            data.setdefault("model", {})["baseline"] = value.value["name"]
         elif name == "addons":
             data["addons"] = [dict(e) for e in value.value]
         elif name == "seed":

@@ -62,6 +62,12 @@ class StageDef:
     distributed: bool = False  # True: every rank calls run (DDP); False: rank 0 only, the others wait
     evaluation_only: bool = False  # True: not part of the trial's identity (thresholds, scoring)
     sink_stage: str | None = None  # the MetricsSink stage name (None: no metrics)
+    trains_model: bool = False  # counted as a training in plans (what sweeps are budgeted by)
+    same_as: str | None = None  # keyed and stored as this stage: equal slices share one output (AMN's CAM training)
+
+    @property
+    def store_name(self) -> str:
+        return self.same_as or self.name
 
 
 STAGES: Registry = Registry("stage")
@@ -147,9 +153,28 @@ def _run_eval(run: StageRun) -> dict[str, Any]:
 
 
 register_stage(StageDef("data", (), _data_slice, _run_data))
-register_stage(StageDef("train", ("data",), _train_slice, _run_train, distributed=True, sink_stage="train"))
+register_stage(StageDef("train", ("data",), _train_slice, _run_train, distributed=True, sink_stage="train",
+                        trains_model=True))
 register_stage(StageDef("cams", ("train",), _cams_slice, _run_cams, distributed=True, sink_stage="cams"))
 register_stage(StageDef("eval", (PREVIOUS,), _eval_slice, _run_eval, evaluation_only=True, sink_stage="eval"))
+
+
+def _register_amn_chain() -> None:
+    """AMN: CAM training → CAMs → CRF seeds → AMN training → activation maps → eval, each stage cached under
+    its own key, so a sweep over AMN or seed settings reuses one CAM training. The chain's extra scoring of
+    the CAM stage (``amn_cam_eval``) is left out: the CAM rows of a sweep give that curve, and one
+    evaluation per trial keeps tables and MLflow unambiguous."""
+    from wsss_core.training.amn_stages import AMN_PIPELINE, planner_stage_definitions
+
+    for definition in planner_stage_definitions():
+        name = definition["name"]
+        # AMN's CAM stage is the CAM baseline's training when their configs agree: one training serves both.
+        register_stage(StageDef(**definition, trains_model=name in ("amn_cam_train", "amn_train"),
+                                same_as="train" if name == "amn_cam_train" else None))
+    PIPELINES["amn"] = tuple(s for s in AMN_PIPELINE if s != "amn_cam_eval")
+
+
+_register_amn_chain()
 
 
 # -- running a trial -------------------------------------------------------------------------------------
