@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from wsss_core.errors import ConfigError
-from wsss_core.evaluation import CamStore, evaluate_label_dir
+from wsss_core.evaluation import evaluate_label_dir
 from wsss_core.evaluation.crf import RefineConfig, crf_confident_labels, crf_probability_labels, refine_cams
 from wsss_core.evaluation.synthetic import write_synthetic_voc
 

@@ -27,10 +27,6 @@ so a sweep trains the classifier once; configs that differ only in the AMN netwo
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
-import os
-import queue
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -47,7 +43,7 @@ from ..config import from_dict, stable_hash, to_dict
 from ..data import build_dataset
 from ..data.loading import build_loader
 from ..data.transforms import Normalize, train_transform
-from ..errors import ConfigError, DataError, TrainingError, WsssError
+from ..errors import ConfigError, DataError
 from ..evaluation.crf import RefineConfig
 from .config import RunConfig, run_config_from_dict, stage_key, stage_slice
 from .distributed import barrier, broadcast_object, setup_distributed
@@ -439,67 +435,10 @@ def planner_stage_definitions() -> list[dict[str, Any]]:
 AMN_PIPELINE = ("amn_cam_train", "amn_cam_cams", "amn_seeds", "amn_train", "amn_maps", "amn_cam_eval", "amn_eval")
 
 
-# --- local multi-process launch of the AMN entry points ------------------------------------------
-AMN_ENTRY_POINTS: dict[str, Callable[..., dict]] = {"train_amn": train_amn, "make_amn_cams": make_amn_cams}
-
-
-def _worker(rank: int, nproc: int, port: int, fn_name: str, args: tuple, results: Any) -> None:
-    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(nproc),
-                       "LOCAL_WORLD_SIZE": str(nproc), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
-    from .distributed import cleanup_distributed
-
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // nproc))
-    try:
-        results.put((rank, "ok", AMN_ENTRY_POINTS[fn_name](*args)))
-    except WsssError as exc:
-        results.put((rank, "error", (type(exc).__name__, str(exc))))
-    except BaseException:
-        results.put((rank, "crash", traceback.format_exc()))
-    finally:
-        cleanup_distributed()
-
-
 def launch_amn(fn_name: str, nproc: int, *args: Any) -> dict[str, Any]:
-    """Run ``train_amn`` or ``make_amn_cams`` on ``nproc`` local processes (gloo on CPU); rank 0's result.
-    (What :func:`~wsss_core.training.launch.launch_local` does for ``train`` and ``make_cams``.)"""
-    if fn_name not in AMN_ENTRY_POINTS:
-        raise ConfigError(f"launch_amn: unknown entry point {fn_name!r}; valid choices: "
-                          f"{', '.join(AMN_ENTRY_POINTS)}")
-    if nproc == 1:
-        return AMN_ENTRY_POINTS[fn_name](*args)
-    from .launch import free_port
+    """Run ``train_amn`` or ``make_amn_cams`` on ``nproc`` local processes (gloo on CPU); rank 0's result."""
+    from .launch import launch_entry
 
-    ctx = mp.get_context("spawn")
-    results = ctx.Queue()
-    port = free_port()
-    procs = [ctx.Process(target=_worker, args=(rank, nproc, port, fn_name, args, results)) for rank in range(nproc)]
-    for proc in procs:
-        proc.start()
-    outcomes: dict[int, tuple[str, Any]] = {}
-    try:
-        while len(outcomes) < nproc:
-            try:
-                rank, kind, detail = results.get(timeout=1.0)
-                outcomes[rank] = (kind, detail)
-                if kind != "ok":
-                    break
-            except queue.Empty:
-                dead = [p for p in procs if p.exitcode not in (None, 0)]
-                if dead:
-                    outcomes.setdefault(procs.index(dead[0]), ("crash", f"exit code {dead[0].exitcode}"))
-                    break
-    finally:
-        for proc in procs:
-            proc.join(timeout=5.0 if all(k == "ok" for k, _ in outcomes.values()) else 0.5)
-            if proc.is_alive():
-                proc.terminate()
-                proc.join(timeout=5.0)
-    for rank in sorted(outcomes):
-        kind, detail = outcomes[rank]
-        if kind == "error":
-            import wsss_core.errors as errors
-
-            raise getattr(errors, detail[0], WsssError)(detail[1])
-        if kind != "ok":
-            raise TrainingError(f"{fn_name}: rank {rank} crashed:\n{detail}")
-    return outcomes[0][1]
+    if fn_name not in ("train_amn", "make_amn_cams"):
+        raise ConfigError(f"launch_amn: unknown entry point {fn_name!r}; valid choices: train_amn, make_amn_cams")
+    return launch_entry(fn_name, nproc, args)

@@ -6,6 +6,7 @@ points directly; this is the one the ``wsss`` CLI uses.
 
 from __future__ import annotations
 
+import importlib
 import multiprocessing as mp
 import os
 import queue
@@ -17,19 +18,20 @@ from typing import Any, Callable
 from ..errors import ConfigError, TrainingError, WsssError
 from .config import RunConfig
 
-ENTRY_POINTS = ("train", "make_cams")
+# Entry point name -> "module:function" (imported in each process only when used).
+ENTRY_POINTS = {
+    "train": "wsss_core.training.trainer:train",
+    "make_cams": "wsss_core.training.cams:make_cams",
+    "train_amn": "wsss_core.training.amn_stages:train_amn",
+    "make_amn_cams": "wsss_core.training.amn_stages:make_amn_cams",
+}
 
 
 def _entry(fn_name: str) -> Callable[..., dict]:
-    if fn_name == "train":
-        from .trainer import train
-
-        return train
-    if fn_name == "make_cams":
-        from .cams import make_cams
-
-        return make_cams
-    raise ConfigError(f"launch_local: unknown entry point {fn_name!r}; valid choices: {', '.join(ENTRY_POINTS)}")
+    if fn_name not in ENTRY_POINTS:
+        raise ConfigError(f"launch_local: unknown entry point {fn_name!r}; valid choices: {', '.join(ENTRY_POINTS)}")
+    module, _, name = ENTRY_POINTS[fn_name].partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def free_port() -> int:
@@ -38,8 +40,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _worker(rank: int, nproc: int, port: int, fn_name: str, cfg: RunConfig, run_dir: str,
-            kwargs: dict, results: Any) -> None:
+def _worker(rank: int, nproc: int, port: int, fn_name: str, args: tuple, kwargs: dict, results: Any) -> None:
     os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(nproc),
                        "LOCAL_WORLD_SIZE": str(nproc), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
     import torch
@@ -49,7 +50,7 @@ def _worker(rank: int, nproc: int, port: int, fn_name: str, cfg: RunConfig, run_
     # N processes share the machine's cores instead of each starting one thread per core.
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // nproc))
     try:
-        out = _entry(fn_name)(cfg, run_dir, **kwargs)
+        out = _entry(fn_name)(*args, **kwargs)
         results.put((rank, "ok", out))
     except WsssError as exc:
         results.put((rank, "error", (type(exc).__name__, str(exc))))
@@ -69,20 +70,25 @@ def _raise_for(rank: int, kind: str, detail: Any) -> None:
 
 
 def launch_local(fn_name: str, cfg: RunConfig, run_dir: str | Path, nproc: int = 1, **kwargs: Any) -> dict:
-    """Run entry point ``fn_name`` ('train' or 'make_cams') on ``nproc`` processes; rank 0's result.
+    """Run entry point ``fn_name`` ('train' or 'make_cams') as ``fn(cfg, run_dir, **kwargs)`` on ``nproc``
+    processes; rank 0's result. ``nproc=1`` runs in this process. A rank that fails stops the others; a user
+    error on a rank (e.g. a non-finite loss) is raised here as the same error type and message."""
+    return launch_entry(fn_name, nproc, (cfg, str(run_dir)), kwargs)
 
-    ``nproc=1`` runs in this process. A rank that fails stops the others; a user error on a rank
-    (e.g. a non-finite loss) is raised here as the same error type and message.
-    """
+
+def launch_entry(fn_name: str, nproc: int, args: tuple, kwargs: dict | None = None) -> dict:
+    """Run any entry point of ``ENTRY_POINTS`` as ``fn(*args, **kwargs)`` on ``nproc`` local processes with the
+    standard DDP environment; rank 0's result."""
     fn = _entry(fn_name)
+    kwargs = kwargs or {}
     if nproc < 1:
         raise ConfigError(f"--nproc: must be at least 1, got {nproc}")
     if nproc == 1:
-        return fn(cfg, str(run_dir), **kwargs)
+        return fn(*args, **kwargs)
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     port = free_port()
-    procs = [ctx.Process(target=_worker, args=(rank, nproc, port, fn_name, cfg, str(run_dir), kwargs, results))
+    procs = [ctx.Process(target=_worker, args=(rank, nproc, port, fn_name, args, kwargs, results))
              for rank in range(nproc)]
     for proc in procs:
         proc.start()
