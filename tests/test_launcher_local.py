@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -63,7 +64,7 @@ def test_local_sweep_end_to_end_with_ddp_trial(tmp_path, capsys):
     assert "2 trials: 2 finished" in capsys.readouterr().out
     assert main(["sweep", "plan", str(path), "--workdir", str(workdir), "--brief"]) == 0
     out = capsys.readouterr().out
-    assert "train            2       2        0       0       0" in out
+    assert re.search(r"^train\s+2\s+2\s+0\s+0\s+0$", out, re.M), out  # 2 trainings, both done
 
 
 def test_failing_trial_is_reported_with_its_error(tmp_path, capsys):
