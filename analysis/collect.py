@@ -107,17 +107,23 @@ def _identity(record: dict) -> dict[str, Any]:
     axes.setdefault("baseline", record.get("baseline"))
     axes.setdefault("addons", "+".join(addons) if addons else "none")
     axes.setdefault("seed", record.get("seed"))
-    return {"trial_id": record.get("trial_id"), **axes, "addons_list": addons, "posterior": record.get("posterior")}
+    return {"trial_id": record.get("trial_id"), "trial_index": record.get("index"), **axes, "addons_list": addons,
+            "posterior": record.get("posterior")}
 
 
 def _frame(rows: list[dict]) -> pd.DataFrame:
-    frame = pd.DataFrame(rows).sort_values("trial_id", kind="stable").reset_index(drop=True)
+    # The sweep file's order (its trial index) orders rows and columns of the tables; trial id breaks ties.
+    frame = pd.DataFrame(rows)
+    if "trial_index" not in frame:
+        frame["trial_index"] = None
+    frame["trial_index"] = pd.to_numeric(frame["trial_index"], errors="coerce")
+    frame = frame.sort_values(["trial_index", "trial_id"], kind="stable", na_position="last").reset_index(drop=True)
     frame.attrs["axes"] = axis_columns(frame)
     return frame
 
 
 def axis_columns(frame: pd.DataFrame) -> list[str]:
-    fixed = {"trial_id", "addons_list", "posterior", "curve", *SCORES}
+    fixed = {"trial_id", "trial_index", "addons_list", "posterior", "curve", *SCORES}
     return [c for c in frame.columns if c not in fixed]
 
 
@@ -166,7 +172,8 @@ def _row_from_run(mlflow_client, run, fixed_threshold: float) -> dict[str, Any]:
     fixed_step = round(fixed_threshold * scale)
     fixed = [m.value for m in history if m.step == fixed_step]
     posterior = tags.get("posterior")
-    row = {"trial_id": tags.get("trial_id") or run.info.run_name, **axes, "addons_list": addons,
+    row = {"trial_id": tags.get("trial_id") or run.info.run_name, "trial_index": tags.get("trial_index"), **axes,
+           "addons_list": addons,
            "posterior": None if posterior in (None, "none") else posterior,
            "best_miou": metrics.get("best_miou", math.nan), "best_threshold": metrics.get("best_threshold", math.nan),
            "fixed_miou": float(fixed[0]) if fixed else math.nan,

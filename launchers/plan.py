@@ -161,7 +161,8 @@ def plan_sweep(spec: SweepSpec, workdir: str | Path | None = None) -> SweepPlan:
             posterior=_posterior([to_dict(a) for a in cfg.addons]), seed=cfg.train.seed, config=plain,
             resources=to_dict(resources), stages=stages, synthetic=synthetic, faults=faults,
             tags={"sweep": spec.name, "baseline": cfg.model.baseline, "addons": str(addons_label),
-                  "posterior": str(_posterior([to_dict(a) for a in cfg.addons])), "seed": str(cfg.train.seed)})
+                  "posterior": str(_posterior([to_dict(a) for a in cfg.addons])), "seed": str(cfg.train.seed),
+                  "trial_index": str(len(trials))})
         by_id[trial_id] = trial
         trials.append(trial)
     if not trials:
