@@ -24,9 +24,9 @@ def method_label(row: pd.Series | dict, axes: list[str]) -> str:
     return " / ".join(str(row[a]) for a in axes)
 
 
-def mean_curves(trials: pd.DataFrame) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray, int]]:
-    """(method label, thresholds, mean mIoU, std mIoU (ddof=1, 0 for one seed), seeds) per method; thresholds
-    common to all of the method's seeds."""
+def mean_curves(trials: pd.DataFrame) -> list[tuple[dict, np.ndarray, np.ndarray, np.ndarray, int]]:
+    """(method: axis → value, thresholds, mean mIoU, std mIoU (ddof=1, 0 for one seed), seeds) per method;
+    thresholds common to all of the method's seeds."""
     axes = method_axes(trials)
     out = []
     for key, group in trials.groupby(axes, sort=False, dropna=False):
@@ -36,22 +36,36 @@ def mean_curves(trials: pd.DataFrame) -> list[tuple[str, np.ndarray, np.ndarray,
         common = sorted(set.intersection(*(set(c) for c in curves)))
         values = np.array([[c[t] for t in common] for c in curves], dtype=np.float64)
         std = values.std(axis=0, ddof=1) if len(curves) > 1 else np.zeros(len(common))
-        label = method_label(dict(zip(axes, key if isinstance(key, tuple) else (key,))), axes)
-        out.append((label, np.array(common), values.mean(axis=0), std, len(curves)))
+        method = dict(zip(axes, key if isinstance(key, tuple) else (key,)))
+        out.append((method, np.array(common), values.mean(axis=0), std, len(curves)))
     return out
 
 
 def plot_threshold_curves(trials: pd.DataFrame, out_png: str | Path, title: str = "") -> Path:
+    """One line per method with a ±std band over seeds; with several baselines, one panel per baseline (shared
+    y axis) so each panel's add-on settings keep distinct colours."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
-    for label, t, mean, std, n in mean_curves(trials):
-        line, = ax.plot(t, 100 * mean, label=f"{label} (n={n})", linewidth=1.8)
-        ax.fill_between(t, 100 * (mean - std), 100 * (mean + std), color=line.get_color(), alpha=0.2, linewidth=0)
-    ax.set_xlabel("background threshold")
-    ax.set_ylabel("mIoU (%)")
-    ax.set_title(title or "mIoU versus background threshold (mean ± std over seeds)")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize=8)
+    curves = mean_curves(trials)
+    axes = method_axes(trials)
+    panel_axis = "baseline" if "baseline" in axes and len({c[0]["baseline"] for c in curves}) > 1 else None
+    panels = list(dict.fromkeys(c[0][panel_axis] for c in curves)) if panel_axis else [None]
+    fig, grid = plt.subplots(1, len(panels), figsize=(4.2 * len(panels) + 1.5, 4.5), dpi=100, sharey=True,
+                             squeeze=False)
+    for ax, panel in zip(grid[0], panels):
+        shown = [c for c in curves if panel_axis is None or c[0][panel_axis] == panel]
+        colours = plt.get_cmap("tab10" if len(shown) <= 10 else "tab20")
+        for i, (method, t, mean, std, n) in enumerate(shown):
+            label = method_label(method, [a for a in axes if a != panel_axis] or axes)
+            line, = ax.plot(t, 100 * mean, label=f"{label} (n={n})", linewidth=1.8, color=colours(i))
+            ax.fill_between(t, 100 * (mean - std), 100 * (mean + std), color=line.get_color(), alpha=0.15,
+                            linewidth=0)
+        ax.set_xlabel("background threshold")
+        if panel_axis:
+            ax.set_title(str(panel))
+        ax.grid(alpha=0.3)
+        ax.legend(loc="best", fontsize=8)
+    grid[0][0].set_ylabel("mIoU (%)")
+    fig.suptitle(title or "mIoU versus background threshold (mean ± std over seeds)")
     fig.tight_layout()
     out_png = Path(out_png)
     fig.savefig(out_png)
