@@ -114,6 +114,11 @@ class Baseline(nn.Module):
         """Per-class normalisation of the summed maps (K × H × W): divide by max + 1e-5 (IRN)."""
         return cams / (cams.flatten(1).max(dim=1).values[:, None, None] + 1e-5)
 
+    def scale_maps(self, batch: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        """The class maps of one scale's batch (the image, and its flip), before the flip-back and the sum
+        over scales: IRN's ReLU(CAM). A baseline with other inference maps overrides this."""
+        return F.relu(self.infer_logits(batch, label).float())
+
     @torch.no_grad()
     def multiscale_cams(self, image: torch.Tensor, label: torch.Tensor, scales: Sequence[float],
                         flip: bool) -> CamResult:
@@ -127,7 +132,7 @@ class Baseline(nn.Module):
             scaled = image if scale == 1.0 else F.interpolate(image, size=size, mode="bilinear",
                                                                align_corners=False)
             batch = torch.cat([scaled, scaled.flip(-1)]) if flip else scaled
-            logits = F.relu(self.infer_logits(batch, label[None].expand(len(batch), -1)).float())
+            logits = self.scale_maps(batch, label[None].expand(len(batch), -1))
             if flip:
                 logits = logits[:1] + logits[1:].flip(-1)
             total += F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)[0]

@@ -18,7 +18,6 @@ Inference is on the PCM output: scales × flip summed, ReLU, per-class min-max.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +25,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from . import BASELINES
-from .base import Baseline, CamResult, CamSite, ParamGroup, TrainOutput, global_average_pooling_loss
+from .base import Baseline, CamSite, ParamGroup, TrainOutput, global_average_pooling_loss
 from .pcm import PixelCorrelationModule, keep_max_foreground, max_norm, pcm_input, with_background
 
 
@@ -195,21 +194,7 @@ class SeamBaseline(Baseline):
         high = cams.flatten(1).max(dim=1).values[:, None, None]
         return F.relu(cams - low - 1e-5) / (high - low + 1e-5)
 
-    @torch.no_grad()
-    def multiscale_cams(self, image: torch.Tensor, label: torch.Tensor, scales: Sequence[float],
-                        flip: bool) -> CamResult:
-        """SEAM inference: PCM maps over scales × flip summed raw (no per-scale ReLU), then ReLU and
-        min-max per ground-truth class."""
-        height, width = image.shape[-2:]
-        keys = torch.nonzero(label > 0.5).flatten().tolist()
-        total = image.new_zeros((self.num_classes, height, width), dtype=torch.float32)
-        for scale in scales:
-            size = (max(1, round(height * scale)), max(1, round(width * scale)))
-            scaled = image if scale == 1.0 else F.interpolate(image, size=size, mode="bilinear",
-                                                               align_corners=False)
-            batch = torch.cat([scaled, scaled.flip(-1)]) if flip else scaled
-            maps = _upsample(self.infer_logits(batch).float(), size)
-            maps = F.interpolate(maps, size=(height, width), mode="bilinear", align_corners=False)
-            total += maps[0] + (maps[1].flip(-1) if flip else 0)
-        cams = self.normalise_cams(total[keys]) if keys else total[:0]
-        return CamResult(keys, cams)
+    def scale_maps(self, batch: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        """SEAM inference: the PCM maps at the scale's input size, summed raw over scales × flip (no per-scale
+        ReLU; ReLU and min-max per ground-truth class come after the sum, in normalise_cams)."""
+        return _upsample(self.infer_logits(batch).float(), tuple(batch.shape[-2:]))
