@@ -18,6 +18,7 @@ import pytest
 from wsss_core.cli import main as wsss
 from wsss_core.data.synth import generate_synthetic_voc
 from wsss_core.tracking import prepare_sweep_tracking, stage_sink
+from wsss_core.tracking.cli import sweep_links
 from wsss_core.tracking.fake_sweep import fake_sweep, initialised_sqlite_store
 from wsss_core.tracking.store import client, server_reachable
 
@@ -101,6 +102,9 @@ def test_sweep_with_server_outage_then_sync(setup):
     ctx = prepare_sweep_tracking(SWEEP, server.url, workdir, {"grid": {"seed": [0, 1]}}, {"launcher": "local"})
     assert prepare_sweep_tracking(SWEEP, server.url, workdir).parent_run_id == ctx.parent_run_id  # resubmission
     mlflow = client(server.url)
+    # what `wsss ui` prints under its URL: the sweep's runs table in the model-training view
+    assert sweep_links(server.url) == [(f"wsss/{SWEEP}", f"{server.url}/#/experiments/{ctx.experiment_id}/runs"
+                                                          "?workflowType=machine_learning")]
 
     for trial in trials[:2]:
         log_trial(ctx, trial)

@@ -59,4 +59,5 @@ def test_store_initialised_once_then_eight_concurrent_writers(tmp_path):
         assert run.data.params["train.seed"] == str(i)
     experiment = mlflow.get_experiment(ctx.experiment_id)
     assert experiment.name == "wsss/concurrent"
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on its runs
     assert experiment.artifact_location == (workdir.resolve() / "mlartifacts").as_uri()

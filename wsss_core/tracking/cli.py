@@ -71,6 +71,8 @@ def run_ui(args: argparse.Namespace) -> int:
                 raise WsssError(f"mlflow server did not answer on {url} within {STARTUP_TIMEOUT_S} s")
             time.sleep(0.3)
         print(f"MLflow UI: {url}  (store {uri}; Ctrl-C stops it)", flush=True)
+        for name, link in sweep_links(url):
+            print(f"  {name}: {link}", flush=True)
         return process.wait()
     finally:
         if process.poll() is None:
@@ -80,6 +82,19 @@ def run_ui(args: argparse.Namespace) -> int:
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+
+
+def sweep_links(url: str) -> list[tuple[str, str]]:
+    """(experiment name, link) for each sweep's experiment: its runs table (parent and child runs) in the
+    UI's model-training view, which MLflow 3 does not open by default."""
+    from .store import client
+
+    try:
+        experiments = client(url).search_experiments(filter_string="name LIKE 'wsss/%'")
+    except Exception:  # noqa: BLE001 - links are a convenience; the URL line above is what matters
+        return []
+    return [(e.name, f"{url}/#/experiments/{e.experiment_id}/runs?workflowType=machine_learning")
+            for e in experiments]
 
 
 def _interrupt(signum, frame):

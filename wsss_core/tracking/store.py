@@ -214,6 +214,9 @@ def init_store(uri: str) -> None:
                             f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
 
 
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+
+
 def ensure_experiment(uri: str, name: str, artifact_location: str | None = None) -> str:
     """The id of experiment ``name``, created if missing (a concurrent creation is tolerated)."""
     mlflow_client = client(uri)
@@ -225,7 +228,9 @@ def ensure_experiment(uri: str, name: str, artifact_location: str | None = None)
                                 "or use another sweep name")
         return experiment.experiment_id
     try:
-        return mlflow_client.create_experiment(name, artifact_location=artifact_location)
+        # MLflow 3's UI opens an experiment of unknown kind on its GenAI (traces) page; ours are training runs.
+        return mlflow_client.create_experiment(name, artifact_location=artifact_location,
+                                               tags={EXPERIMENT_KIND_TAG: "custom_model_development"})
     except Exception as exc:  # noqa: BLE001
         experiment = mlflow_client.get_experiment_by_name(name)
         if experiment is None:
