@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+from wsss_core.atomic import write_json_atomic
+
 STATES = ("pending", "running", "finished", "failed")
 STAGE_RECORD = "stage.json"
 LOCK_FILE = ".lock"
@@ -36,13 +38,6 @@ def hostname() -> str:
 
 def now() -> float:
     return round(time.time(), 3)
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

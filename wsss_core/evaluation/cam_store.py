@@ -34,13 +34,13 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..atomic import write_bytes_atomic
 from ..errors import CamStoreError
 
 CAM_SUFFIX = ".cam"
@@ -153,7 +153,7 @@ class CamStore:
         path.mkdir(parents=True, exist_ok=True)
         payload = {"format": STORE_FORMAT, "version": STORE_VERSION, "num_classes": num_classes,
                    "class_names": list(class_names) if class_names is not None else None, "meta": meta or {}}
-        _atomic_write_bytes(path / META_FILE, json.dumps(payload, indent=2, default=str).encode())
+        write_bytes_atomic(path / META_FILE, json.dumps(payload, indent=2, default=str).encode())
         return cls(path)
 
     # -- writing -------------------------------------------------------------------------------------
@@ -176,7 +176,7 @@ class CamStore:
         parts = [header, padded.tobytes(), cams.astype("<f4", copy=False).tobytes()]
         if bg is not None:
             parts.append(bg.astype("<f4", copy=False).tobytes())
-        _atomic_write_bytes(self.path / f"{image_id}{CAM_SUFFIX}", b"".join(parts))
+        write_bytes_atomic(self.path / f"{image_id}{CAM_SUFFIX}", b"".join(parts))
 
     # -- reading -------------------------------------------------------------------------------------
     def file_for(self, image_id: str) -> Path:
@@ -223,19 +223,3 @@ class CamStore:
 
     def __repr__(self) -> str:
         return f"CamStore({str(self.path)!r}, num_classes={self.num_classes})"
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a hidden temp file next to ``path`` and rename it into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide stores from other users of a shared cluster
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+from ..atomic import write_json_atomic  # noqa: F401 - re-exported for the tracking modules
 from ..errors import WsssError
 
 DB_FILE = "mlflow.db"
@@ -330,13 +331,6 @@ def search_runs_paged(uri: str, experiment_ids: list[str], filter_string: str = 
         token = page.token
         if not token:
             return
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write then rename (as wsss_core.training.metrics does; importing that package would pull in torch)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
 
 
 def read_json(path: str | Path) -> Any:

@@ -8,11 +8,12 @@ An MLflow layer implements the same protocol. Only rank 0 gets a real sink (othe
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any, Protocol
+
+from ..atomic import write_json_atomic
 
 
 class MetricsSink(Protocol):
@@ -34,13 +35,6 @@ class NullSink:
 
     def set_status(self, status: str, error: str | None = None) -> None:
         pass
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write then rename, so a reader never sees half a file (a killed run leaves the old one)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
 
 
 def read_status(run_dir: str | Path) -> dict[str, Any] | None:
