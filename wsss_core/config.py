@@ -181,6 +181,16 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested mapping → ``{"train.lr": 0.01, ...}`` (dotted keys), e.g. a config as tracker params."""
+    if isinstance(data, Mapping):
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: data} if prefix else {}
+
+
 def stable_hash(obj: Any, length: int = 16) -> str:
     """Content address of a config slice: sha256 of its canonical JSON (sorted keys)."""
     blob = json.dumps(to_dict(obj), sort_keys=True, separators=(",", ":"), default=str)

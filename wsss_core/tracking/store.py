@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from ..atomic import write_json_atomic  # noqa: F401 - re-exported for the tracking modules
+from ..config import flatten  # noqa: F401 - re-exported for the tracking modules
 from ..errors import WsssError
 
 DB_FILE = "mlflow.db"
@@ -141,16 +142,6 @@ def is_unreachable(exc: BaseException) -> bool:
 
 
 # -- params and tags as MLflow accepts them -----------------------------------------------------------
-
-def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested mapping -> ``{"train.lr": 0.01, ...}`` (dotted keys)."""
-    if isinstance(data, Mapping):
-        out: dict[str, Any] = {}
-        for key, value in data.items():
-            out.update(flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: data} if prefix else {}
-
 
 def param_value(value: Any) -> str:
     """Params are strings of at most MLflow's limit; lists read as YAML/JSON would write them."""

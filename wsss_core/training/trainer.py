@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Sampler
 
 from ..baselines.compose import WsssModel, build_model
-from ..config import to_dict
+from ..config import flatten, to_dict
 from ..data import build_dataset
 from ..data.loading import build_loader, validate_dataset
 from ..data.transforms import train_transform
@@ -245,7 +245,7 @@ class Trainer:
             done = self._maybe_resume()
             if self.env.is_main:
                 self.sink.log_params({"stage_key": self.key, "world_size": self.env.world_size,
-                                      "total_steps": self.total_steps, **_flat_params(to_dict(cfg))})
+                                      "total_steps": self.total_steps, **flatten(to_dict(cfg))})
                 self.sink.set_status("finished" if done else "running")
             if not done:
                 start = time.perf_counter()
@@ -266,16 +266,6 @@ class Trainer:
             summary["resumed_from_step"] = resumed_at
         self.sink.set_status("finished")
         return summary
-
-
-def _flat_params(data: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested config → {'train.lr': 0.01, ...} (what trackers want as params)."""
-    if isinstance(data, dict):
-        out: dict[str, Any] = {}
-        for key, value in data.items():
-            out.update(_flat_params(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: data}
 
 
 def train(cfg: RunConfig, run_dir: str | Path, sink: MetricsSink | None = None, resume: str = "auto") -> dict:
