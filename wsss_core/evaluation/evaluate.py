@@ -113,7 +113,17 @@ def evaluate_label_dir(label_dir: str | Path, data_root: str | Path, split: str,
 
 # -- per-shard work (module level so process pools can pickle it) -----------------------------------
 
-class _CamTask:
+class _Task:
+    """A shard's work: a fresh state, one ``add`` per image (subclasses), mergeable across processes."""
+
+    def run(self, ids: list[str]):
+        state = self.new_state()
+        for image_id in ids:
+            self.add(state, image_id)
+        return state
+
+
+class _CamTask(_Task):
     def __init__(self, store: str, data_root: str, num_classes: int, thresholds: tuple, boundary_at: tuple,
                  sweep: bool = True):
         self.store, self.data_root, self.num_classes = store, data_root, num_classes
@@ -143,12 +153,6 @@ class _CamTask:
             for t, score in boundaries.items():
                 score.add(predict_labels(m, class_map, t), gt)
 
-    def run(self, ids: list[str]):
-        state = self.new_state()
-        for image_id in ids:
-            self.add(state, image_id)
-        return state
-
     @staticmethod
     def merge(total, part) -> None:
         if total[0] is not None:
@@ -157,7 +161,7 @@ class _CamTask:
             score.merge(part[1][t])
 
 
-class _LabelTask:
+class _LabelTask(_Task):
     def __init__(self, label_dir: str, data_root: str, num_classes: int, pred_255: str, boundary: bool):
         self.label_dir, self.data_root, self.num_classes = label_dir, data_root, num_classes
         self.pred_255, self.boundary = pred_255, boundary
@@ -186,12 +190,6 @@ class _LabelTask:
         conf += np.bincount(index, minlength=(C + 1) * (C + 2)).reshape(C + 1, C + 2)
         for score in boundaries.values():
             score.add(pred, gt)
-
-    def run(self, ids: list[str]):
-        state = self.new_state()
-        for image_id in ids:
-            self.add(state, image_id)
-        return state
 
     @staticmethod
     def merge(total, part) -> None:
