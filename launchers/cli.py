@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from .plan import format_plan, plan_sweep, resolve_workdir
 from .spec import load_sweep
@@ -67,12 +68,18 @@ def options_from_args(args: argparse.Namespace, default_launcher: str) -> Submit
                          max_concurrent=args.max_concurrent)
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    spec = load_sweep(args.file, args.overrides)
+def run_and_summarise(args: argparse.Namespace, file: str) -> tuple[Any, Any]:
+    """Load, run and summarise a sweep (`wsss sweep run`, `wsss demo`); failures go to stderr."""
+    spec = load_sweep(file, args.overrides)
     outcome = run_sweep(spec, args.workdir, options_from_args(args, spec.launcher.default))
     print(summary_line(outcome))
     if outcome.failed:
         print(format_status(outcome.records, spec.name), file=sys.stderr)
+    return spec, outcome
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    _, outcome = run_and_summarise(args, args.file)
     return 0 if outcome.ok else 1
 
 

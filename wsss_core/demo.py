@@ -78,15 +78,9 @@ def ablation_markdown(sweep_name: str, workdir: Path, records: list[dict]) -> st
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from launchers.cli import options_from_args
-    from launchers.spec import load_sweep
-    from launchers.submit import format_status, run_sweep, summary_line
+    from launchers.cli import run_and_summarise
 
-    spec = load_sweep(args.sweep, args.overrides)
-    outcome = run_sweep(spec, args.workdir, options_from_args(args, spec.launcher.default))
-    print(summary_line(outcome))
-    if outcome.failed:
-        print(format_status(outcome.records, spec.name), file=sys.stderr)
+    spec, outcome = run_and_summarise(args, args.sweep)
     print()
     print(f"Ablation: best-threshold mIoU (%), mean ± std over seeds ({spec.name}, "
           f"{len(spec.thresholds or ())} thresholds per trial)")

@@ -42,7 +42,7 @@ from ..baselines.compose import build_model
 from ..config import from_dict, stable_hash, to_dict
 from ..data import build_dataset
 from ..data.loading import build_loader
-from ..data.transforms import Normalize, train_transform
+from ..data.transforms import train_transform
 from ..errors import ConfigError, DataError
 from ..evaluation.crf import RefineConfig
 from .config import RunConfig, run_config_from_dict, stage_key, stage_slice
@@ -237,7 +237,7 @@ def make_amn_cams(cfg: RunConfig, amn_run_dir: str | Path, seeds_dir: str | Path
     network trained in ``amn_run_dir`` and the CAM-stage seeds in ``seeds_dir``; sharded over the ranks of
     the current process group, resumable (images already stored are skipped)."""
     from ..evaluation import CamStore
-    from ..progress import progress
+    from .cams import write_store_shard
     from .checkpoint import load_model_weights
 
     chain = amn_chain(cfg)
@@ -255,21 +255,12 @@ def make_amn_cams(cfg: RunConfig, amn_run_dir: str | Path, seeds_dir: str | Path
                         meta={"amn_train_key": meta["stage_key"], "split": net_cfg.cams.split,
                               "kind": "amn activation maps"})
     barrier(env)
-    store = CamStore(out_dir)
-    normalize = Normalize()
-    mine = range(env.rank, len(dataset), env.world_size)
-    for index in progress(mine, desc=f"amn maps rank {env.rank}", total=len(mine), unit="img",
-                          disable=not env.is_main):
-        sample = dataset.load(index)
-        if sample["id"] in store:
-            continue
+
+    def infer(sample: dict, image: torch.Tensor, label: torch.Tensor) -> Any:
         seed = torch.from_numpy(read_seed(seeds_dir, sample["id"], sample["image"].shape[:2])).to(env.device)
-        image = torch.from_numpy(normalize(sample, np.random.default_rng(0))["image"])[None].to(env.device)
-        label = torch.from_numpy(np.asarray(sample["label"], np.float32)).to(env.device)
-        result = model.baseline.multiscale_cams(image, label, net_cfg.cams.scales, net_cfg.cams.flip, seed=seed)
-        store.write(sample["id"], np.asarray(result.keys, np.int64), result.cams.float().cpu().numpy(),
-                    bg=result.bg.float().cpu().numpy())
-    barrier(env)
+        return model.baseline.multiscale_cams(image, label, net_cfg.cams.scales, net_cfg.cams.flip, seed=seed)
+
+    write_store_shard(CamStore(out_dir), dataset, env, net_cfg, infer, desc="amn maps")
     sink.set_status("finished")
     return broadcast_object(env, {"cam_store": str(out_dir), "split": net_cfg.cams.split})
 

@@ -11,7 +11,7 @@ import math
 import shutil
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -55,6 +55,26 @@ def _inference_context(cfg: RunConfig, env: DistEnv):
     return torch.backends.mkldnn.flags(enabled=False)
 
 
+def write_store_shard(store: CamStore, dataset: Any, env: DistEnv, cfg: RunConfig,
+                      infer: Callable[[dict, torch.Tensor, torch.Tensor], Any], desc: str) -> None:
+    """This rank's share of ``dataset`` (images rank, rank + W, …) into ``store``: ``infer(sample, image,
+    label)`` gives a CamResult per image; images already stored (an interrupted earlier run) are skipped."""
+    normalize = Normalize()
+    mine = range(env.rank, len(dataset), env.world_size)
+    for index in progress(mine, desc=f"{desc} rank {env.rank}", total=len(mine), unit="img",
+                          disable=not env.is_main):
+        sample = dataset.load(index)
+        if sample["id"] in store:
+            continue  # written by an earlier, interrupted run of the same model and settings
+        image = torch.from_numpy(normalize(sample, np.random.default_rng(0))["image"])[None].to(env.device)
+        label = torch.from_numpy(np.asarray(sample["label"], np.float32)).to(env.device)
+        with _inference_context(cfg, env):
+            result = infer(sample, image, label)
+        bg = None if result.bg is None else result.bg.float().cpu().numpy()
+        store.write(sample["id"], np.asarray(result.keys, np.int64), result.cams.float().cpu().numpy(), bg=bg)
+    barrier(env)
+
+
 def write_cams(cfg: RunConfig, run_dir: Path, env: DistEnv, weights_dir: Path | None = None) -> Path:
     """This rank's share of the split (images rank, rank + W, …) into ``<run_dir>/cams``, with the model
     trained in ``weights_dir`` (default: ``run_dir`` itself)."""
@@ -66,20 +86,9 @@ def write_cams(cfg: RunConfig, run_dir: Path, env: DistEnv, weights_dir: Path | 
     store_path = run_dir / CAM_DIR
     _prepare_store(env, store_path, dataset.num_classes, list(dataset.class_names),
                    {"train_key": meta["stage_key"], "cams_key": stage_key(cfg, "cams"), "split": cfg.cams.split})
-    store = CamStore(store_path)
-    normalize = Normalize()
-    mine = range(env.rank, len(dataset), env.world_size)
-    for index in progress(mine, desc=f"cams rank {env.rank}", total=len(mine), unit="img",
-                          disable=not env.is_main):
-        sample = dataset.load(index)
-        if sample["id"] in store:
-            continue  # written by an earlier, interrupted run of the same model and settings
-        image = torch.from_numpy(normalize(sample, np.random.default_rng(0))["image"])[None].to(env.device)
-        label = torch.from_numpy(np.asarray(sample["label"], np.float32)).to(env.device)
-        with _inference_context(cfg, env):
-            result = model.baseline.multiscale_cams(image, label, cfg.cams.scales, cfg.cams.flip)
-        bg = None if result.bg is None else result.bg.float().cpu().numpy()
-        store.write(sample["id"], np.asarray(result.keys, np.int64), result.cams.float().cpu().numpy(), bg=bg)
+    infer = lambda sample, image, label: model.baseline.multiscale_cams(  # noqa: E731
+        image, label, cfg.cams.scales, cfg.cams.flip)
+    write_store_shard(CamStore(store_path), dataset, env, cfg, infer, desc="cams")
     barrier(env)
     return store_path
 
