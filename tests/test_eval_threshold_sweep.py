@@ -111,7 +111,8 @@ def test_label_dir_pred_255_options(tmp_path, pred_255):
             gt_total[g] += 1
             if p != 255:
                 conf[g, p] += 1
-    result = evaluate_label_dir(tmp_path / "labels", tmp_path / "voc", "train", pred_255=pred_255, boundary=False)
+    result = evaluate_label_dir(tmp_path / "labels", tmp_path / "voc", "train", pred_255=pred_255, boundary=False,
+                                protocol="project")  # the protocol where pred_255 is a choice
     tp = np.diag(conf)
     with np.errstate(invalid="ignore", divide="ignore"):
         iou = tp / (gt_total + conf.sum(0) - tp)

@@ -4,7 +4,8 @@ Per class, binary masks of prediction and ground truth; their boundary maps (DAV
 is boundary if it differs from its right, bottom or bottom-right neighbour); each dilated by a disk of
 radius ceil(0.008 x image diagonal). Matched boundary pixels and boundary totals are summed per class over
 the whole split; precision, recall and F per class follow, and the means are over foreground classes
-only. Ground truth 255 counts as background here (HFPL's choice).
+only. Ground truth 255 counts as background here (HFPL's choice). A class with no boundary pixels on either
+side is left out of the means, or (HFPL) scores P = R = F = 1 with the means over all C classes.
 """
 
 from __future__ import annotations
@@ -90,22 +91,28 @@ class BoundaryScore:
         for name in ("pred_matched", "pred_total", "gt_matched", "gt_total"):
             getattr(self, name).__iadd__(getattr(other, name))
 
-    def per_class(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Precision, recall, F per foreground class (index 0 = class 1); NaN for a class with no
-        boundary in prediction or ground truth; DAVIS conventions when only one side has boundaries."""
+    def per_class(self, empty_class: str = "drop") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Precision, recall, F per foreground class (index 0 = class 1), DAVIS conventions when only one
+        side has boundaries. A class with no boundary on either side: NaN (``empty_class="drop"``) or
+        P = R = F = 1 (``"perfect"``, HFPL's contour_fscore.py)."""
         c = slice(1, self.num_classes + 1)
         pm, pt, gm, gtt = (a[c].astype(np.float64) for a in
                            (self.pred_matched, self.pred_total, self.gt_matched, self.gt_total))
+        empty = np.nan if empty_class == "drop" else 1.0
         with np.errstate(divide="ignore", invalid="ignore"):
-            precision = np.where(pt > 0, pm / pt, np.where(gtt > 0, 1.0, np.nan))
-            recall = np.where(gtt > 0, gm / gtt, np.where(pt > 0, 1.0, np.nan))
+            precision = np.where(pt > 0, pm / pt, np.where(gtt > 0, 1.0, empty))
+            recall = np.where(gtt > 0, gm / gtt, np.where(pt > 0, 1.0, empty))
             f = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
         f = np.where(np.isnan(precision), np.nan, f)
         return precision, recall, f
 
-    def summary(self) -> dict:
-        precision, recall, f = self.per_class()
+    def summary(self, empty_class: str = "drop") -> dict:
+        """Means over foreground classes: over the classes with a boundary (``"drop"``) or over all C
+        (``"perfect"``)."""
+        if empty_class not in ("drop", "perfect"):
+            raise ValueError(f"empty_class: {empty_class!r} is not 'drop' or 'perfect'")
+        precision, recall, f = self.per_class(empty_class)
         mean = (lambda a: float(np.nanmean(a)) if np.isfinite(a).any() else math.nan)
         return {"precision": mean(precision), "recall": mean(recall), "f": mean(f),
                 "per_class_precision": precision.tolist(), "per_class_recall": recall.tolist(),
-                "per_class_f": f.tolist(), "tolerance_fraction": self.fraction}
+                "per_class_f": f.tolist(), "tolerance_fraction": self.fraction, "empty_class": empty_class}

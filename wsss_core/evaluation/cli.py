@@ -5,13 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..config import from_dict
 from ..errors import ConfigError
-from .cam_store import CamStore
-from .evaluate import evaluate_cams, evaluate_label_dir
-from .ground_truth import num_foreground_classes
-from .report import format_table, write_eval_outputs
-from .threshold_sweep import parse_thresholds
+from .protocols import DEFAULT_PROTOCOL, PRED_255_CHOICES, PROTOCOLS
+
+# The evaluator (numpy, scipy, pydensecrf) is imported inside the commands: `wsss --help` stays fast.
 
 
 def register(subparsers) -> None:
@@ -35,8 +32,7 @@ def _register_eval(subparsers) -> None:
     p.add_argument("--boundary-at", default=None,
                    help="thresholds for the boundary F-score, comma list; 'best' allowed; 'none' to skip "
                         "(default best,0.25)")
-    p.add_argument("--pred-255", choices=("wrong", "ignore"), default="wrong",
-                   help="label PNGs: count predicted 255 as wrong (reference default) or leave it out")
+    _add_protocol_flags(p)
     p.add_argument("--num-classes", type=int, default=None,
                    help="foreground classes C (default: the store's, or the length of cls_labels.npy vectors)")
     p.add_argument("--workers", type=int, default=1, help="processes (the image list is sharded)")
@@ -48,6 +44,11 @@ def _register_eval(subparsers) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_cams, evaluate_label_dir
+    from .ground_truth import num_foreground_classes
+    from .report import format_table, write_eval_outputs
+    from .threshold_sweep import parse_thresholds
+
     if (args.import_format is None) != (args.import_dir is None):
         raise ConfigError("--import-format and --import-dir go together")
     if args.import_format and args.cams is None:
@@ -64,18 +65,27 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.cams is not None:
         result = evaluate_cams(args.cams, args.data, args.split, thresholds=thresholds,
                                num_classes=args.num_classes, boundary_thresholds=_boundary_at(args.boundary_at),
-                               pred_255=args.pred_255, workers=args.workers)
+                               pred_255=args.pred_255, workers=args.workers, protocol=args.protocol)
     else:
         if args.thresholds:
             raise ConfigError("--thresholds applies to --cams only: label PNGs have no threshold")
         result = evaluate_label_dir(args.labels, args.data, args.split, num_classes=args.num_classes,
                                     pred_255=args.pred_255, boundary=args.boundary_at != "none",
-                                    workers=args.workers)
+                                    workers=args.workers, protocol=args.protocol)
     out = args.out or (args.cams if args.cams is not None else args.labels) / "eval"
     paths = write_eval_outputs(result, out)
     print(format_table(result))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
+
+
+def _add_protocol_flags(p) -> None:
+    names = ", ".join(f"{n} ({PROTOCOLS[n].reference})" for n in PROTOCOLS)
+    p.add_argument("--protocol", choices=tuple(PROTOCOLS), default=DEFAULT_PROTOCOL,
+                   help=f"scoring conventions of one reference (default {DEFAULT_PROTOCOL}): {names}")
+    p.add_argument("--pred-255", choices=PRED_255_CHOICES, default=None,
+                   help="label PNGs: how a predicted 255 counts (default: the protocol's; irn: background, "
+                        "seam/hfpl: wrong; protocol project: wrong or ignore)")
 
 
 def _boundary_at(spec: str | None):
@@ -111,11 +121,16 @@ def _register_refine(subparsers) -> None:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--overwrite", action="store_true", help="redo labels already in --out")
     p.add_argument("--eval", action="store_true", help="score the labels afterwards (as wsss eval --labels)")
+    _add_protocol_flags(p)
     p.set_defaults(func=run_refine)
 
 
 def run_refine(args: argparse.Namespace) -> int:
+    from ..config import from_dict
+    from .cam_store import CamStore
     from .crf import refine_cams, RefineConfig
+    from .evaluate import evaluate_label_dir
+    from .report import format_table, write_eval_outputs
 
     settings = {"mode": args.mode}
     for name in ("fg_threshold", "bg_threshold", "gt_prob", "alpha"):
@@ -132,7 +147,8 @@ def run_refine(args: argparse.Namespace) -> int:
     print(f"refine ({cfg.mode}): {summary['written']} written, {summary['skipped']} already present "
           f"-> {summary['out_dir']}")
     if args.eval:
-        result = evaluate_label_dir(args.out, args.data, args.split, num_classes=CamStore(args.cams).num_classes)
+        result = evaluate_label_dir(args.out, args.data, args.split, num_classes=CamStore(args.cams).num_classes,
+                                    pred_255=args.pred_255, protocol=args.protocol, workers=args.workers)
         write_eval_outputs(result, args.out / "eval")
         print(format_table(result))
     return 0

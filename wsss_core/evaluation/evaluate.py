@@ -16,29 +16,31 @@ from ..errors import CamStoreError, ConfigError, DataError
 from .boundary import BoundaryScore
 from .cam_store import CamStore
 from .parallel import run_sharded
+from .protocols import Protocol, resolve_protocol
 from .ground_truth import num_foreground_classes, read_gt_mask, read_label_png, read_split_ids
 from .threshold_sweep import (VOID, ThresholdSweep, class_map_from_cams, default_thresholds, predict_labels,
                               robustness, scores_from_confusion, validate_thresholds)
 
-Pred255 = Literal["wrong", "ignore"]
+Pred255 = Literal["background", "wrong", "ignore"]
 BoundarySpec = Sequence[float | str]
 DEFAULT_BOUNDARY_AT: tuple[float | str, ...] = ("best", 0.25)
 
 
 def evaluate_cams(cam_store_path: str | Path, data_root: str | Path, split: str,
                   thresholds: Sequence[float] | None = None, num_classes: int | None = None,
-                  boundary_thresholds: BoundarySpec | None = None, pred_255: Pred255 = "wrong",
-                  workers: int = 1) -> dict:
+                  boundary_thresholds: BoundarySpec | None = None, pred_255: Pred255 | None = None,
+                  workers: int = 1, protocol: str | None = None) -> dict:
     """Score a CAM store against ``<data_root>``'s ``split`` at every threshold, in one pass.
 
     Returns a dict with: ``thresholds``; ``per_threshold`` (threshold, miou, mean_precision, mean_recall,
     iou/precision/recall per class, background first); ``best`` (threshold, miou, index); ``robustness``
     (mean mIoU within +-0.1 of the best; the contiguous threshold interval within 1 point of the best
     and its width); ``boundary`` (DAVIS P/R/F at the chosen thresholds, default the best one and 0.25;
-    ``"best"`` may be listed); ``confusion_at_best``; ``num_images``. NaN becomes None.
-    ``pred_255`` is recorded only: CAMs never predict 255.
+    ``"best"`` may be listed); ``confusion_at_best``; ``num_images``; ``protocol`` (the scoring preset,
+    see :mod:`.protocols`, with its resolved settings). NaN becomes None.
+    ``pred_255`` (None: the protocol's) is recorded only: CAMs never predict 255.
     """
-    _check_pred_255(pred_255)
+    proto = resolve_protocol(protocol, pred_255)
     store = CamStore(cam_store_path)
     C = store.num_classes
     if num_classes is not None and num_classes != C:
@@ -51,7 +53,7 @@ def evaluate_cams(cam_store_path: str | Path, data_root: str | Path, split: str,
     task = _CamTask(str(store.path), str(data_root), C, tuple(thresholds), tuple(fixed_bt))
     sweep, boundaries = run_sharded(task, ids, workers, f"eval {split}")
     conf = sweep.confusions()
-    rows = [_scores_row(t, conf[j]) for j, t in enumerate(thresholds)]
+    rows = [_scores_row(t, conf[j], proto) for j, t in enumerate(thresholds)]
     mious = np.array([r["miou"] if r["miou"] is not None else np.nan for r in rows])
     best = int(np.nanargmax(mious)) if np.isfinite(mious).any() else 0
     best_t = thresholds[best]
@@ -64,25 +66,30 @@ def evaluate_cams(cam_store_path: str | Path, data_root: str | Path, split: str,
         "source": {"kind": "cams", "path": str(store.path)},
         "data_root": str(data_root), "split": split, "num_images": sweep.num_images,
         "num_classes": C + 1, "class_names": _class_names(store.class_names, C),
-        "pred_255": pred_255, "thresholds": list(thresholds), "per_threshold": rows,
+        "protocol": proto.describe(), "pred_255": proto.pred_255, "thresholds": list(thresholds),
+        "per_threshold": rows,
         "best": {"threshold": best_t, "miou": rows[best]["miou"], "index": best},
         "robustness": {"window": rob.window, "mean_miou_near_best": rob.mean_miou_near_best,
                        "tolerance": rob.tolerance, "plateau": [rob.plateau_low, rob.plateau_high],
                        "plateau_width": rob.plateau_width},
-        "boundary": [dict(threshold=t, **boundaries[t].summary()) for t in sorted(boundaries)],
+        "boundary": [dict(threshold=t, **boundaries[t].summary(proto.boundary_empty_class))
+                     for t in sorted(boundaries)],
         "confusion_at_best": conf[best].tolist(),
     }
     return _json_safe(result)
 
 
 def evaluate_label_dir(label_dir: str | Path, data_root: str | Path, split: str, num_classes: int | None = None,
-                       pred_255: Pred255 = "wrong", boundary: bool = True, workers: int = 1) -> dict:
+                       pred_255: Pred255 | None = None, boundary: bool = True, workers: int = 1,
+                       protocol: str | None = None) -> dict:
     """Score label PNGs ``<label_dir>/<id>.png`` (e.g. CRF pseudo-labels) against the split's ground truth.
 
     Same dict as :func:`evaluate_cams` with one row (``threshold`` None) and no robustness. A predicted
-    255 counts as wrong (the reference evaluators' behaviour) or, with ``pred_255="ignore"``, is left out.
+    255 is scored as the protocol says: background (``irn``), wrong (``seam``/``hfpl``, ``project``'s
+    default) or, with ``protocol="project", pred_255="ignore"``, left out. ``void_predictions[g]`` counts
+    the pixels of ground truth g predicted 255 whatever the protocol.
     """
-    _check_pred_255(pred_255)
+    proto = resolve_protocol(protocol, pred_255)
     label_dir = Path(label_dir)
     if not label_dir.is_dir():
         raise DataError(f"{label_dir}: label folder not found")
@@ -95,16 +102,16 @@ def evaluate_label_dir(label_dir: str | Path, data_root: str | Path, split: str,
     if missing:
         raise DataError(f"{label_dir}: {len(missing)} of {len(ids)} images of split {split!r} have no label "
                         f"PNG, e.g. {', '.join(missing[:5])}")
-    task = _LabelTask(str(label_dir), str(data_root), C, pred_255, boundary)
+    task = _LabelTask(str(label_dir), str(data_root), C, boundary)
     conf, boundaries = run_sharded(task, ids, workers, f"eval labels {split}")
-    row = _scores_row(None, conf[:, : C + 1], void_predictions=conf[:, C + 1])
+    row = _scores_row(None, conf[:, : C + 1], proto, void_predictions=conf[:, C + 1])
     result = {
         "source": {"kind": "labels", "path": str(label_dir)},
         "data_root": str(data_root), "split": split, "num_images": len(ids),
-        "num_classes": C + 1, "class_names": _class_names(None, C), "pred_255": pred_255,
-        "thresholds": [], "per_threshold": [row],
+        "num_classes": C + 1, "class_names": _class_names(None, C),
+        "protocol": proto.describe(), "pred_255": proto.pred_255, "thresholds": [], "per_threshold": [row],
         "best": {"threshold": None, "miou": row["miou"], "index": 0}, "robustness": None,
-        "boundary": [dict(threshold=None, **b.summary()) for b in boundaries.values()],
+        "boundary": [dict(threshold=None, **b.summary(proto.boundary_empty_class)) for b in boundaries.values()],
         "confusion_at_best": conf[:, : C + 1].tolist(),
         "void_predictions": conf[:, C + 1].tolist(),
     }
@@ -162,9 +169,9 @@ class _CamTask(_Task):
 
 
 class _LabelTask(_Task):
-    def __init__(self, label_dir: str, data_root: str, num_classes: int, pred_255: str, boundary: bool):
+    def __init__(self, label_dir: str, data_root: str, num_classes: int, boundary: bool):
         self.label_dir, self.data_root, self.num_classes = label_dir, data_root, num_classes
-        self.pred_255, self.boundary = pred_255, boundary
+        self.boundary = boundary
 
     def new_state(self):
         C = self.num_classes
@@ -181,9 +188,7 @@ class _LabelTask(_Task):
                             f"ground truth {gt.shape}")
         _check_values(image_id, pred, C, f"{self.label_dir}: labels")
         _check_values(image_id, gt, C, "ground truth")
-        keep = gt != VOID
-        if self.pred_255 == "ignore":
-            keep &= pred != VOID
+        keep = gt != VOID  # a predicted 255 goes to column C+1; the protocol scores it
         pred_column = pred[keep].astype(np.int64)
         pred_column[pred_column == VOID] = C + 1
         index = gt[keep].astype(np.int64) * (C + 2) + pred_column
@@ -204,11 +209,6 @@ def _check_values(image_id: str, labels: np.ndarray, num_classes: int, what: str
     if bad.size:
         raise DataError(f"{what}: image {image_id!r} has values {bad.tolist()[:10]} outside 0..{num_classes} "
                         f"and {VOID}")
-
-
-def _check_pred_255(pred_255: str) -> None:
-    if pred_255 not in ("wrong", "ignore"):
-        raise ConfigError(f"pred_255: {pred_255!r} is not valid; valid choices: 'wrong', 'ignore'")
 
 
 def _check_store_covers(store: CamStore, ids: list[str], split: str) -> None:
@@ -234,8 +234,9 @@ def _boundary_plan(spec: BoundarySpec) -> tuple[list[float], bool]:
     return sorted(set(fixed)), want_best
 
 
-def _scores_row(threshold, conf: np.ndarray, void_predictions: np.ndarray | None = None) -> dict:
-    scores = scores_from_confusion(conf, void_predictions)
+def _scores_row(threshold, conf: np.ndarray, proto: Protocol, void_predictions: np.ndarray | None = None) -> dict:
+    scores = scores_from_confusion(conf, void_predictions, pred_255=proto.pred_255, epsilon=proto.iou_epsilon,
+                                   class_mean=proto.class_mean)
     return {"threshold": threshold, "miou": scores.miou, "mean_precision": scores.mean_precision,
             "mean_recall": scores.mean_recall, "iou": scores.iou.tolist(),
             "precision": scores.precision.tolist(), "recall": scores.recall.tolist()}

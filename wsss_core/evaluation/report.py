@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 from .plots import plot_threshold_curve
@@ -44,9 +45,21 @@ def _pct(value) -> str:
     return "   n/a" if value is None else f"{100 * value:6.2f}"
 
 
+def protocol_label(result: dict) -> str:
+    """The scoring protocol of an eval.json result, for table headers ("irn", "project, pred 255 ignore");
+    results written before protocols existed scored as "project"."""
+    proto = result.get("protocol")
+    if not proto:
+        return f"project, pred 255 {result.get('pred_255', 'wrong')}"
+    from .protocols import PROTOCOLS
+
+    known = PROTOCOLS.get(proto["name"])
+    return replace(known, pred_255=proto["pred_255"]).label if known else proto["name"]
+
+
 def format_table(result: dict) -> str:
     """Every threshold's mIoU, mean precision and recall (in %), the best marked, then the summary."""
-    lines = [f"{'threshold':>9}  {'mIoU':>6}  {'prec':>6}  {'recall':>6}"]
+    lines = [f"{'threshold':>9}  {'mIoU':>6}  {'prec':>6}  {'recall':>6}   (protocol {protocol_label(result)})"]
     for i, row in enumerate(result["per_threshold"]):
         t = "labels" if row["threshold"] is None else f"{row['threshold']:.3f}"
         mark = "  <- best" if i == result["best"]["index"] and len(result["per_threshold"]) > 1 else ""

@@ -263,42 +263,53 @@ def class_map_from_cams(keys: np.ndarray, cams: np.ndarray) -> tuple[np.ndarray,
 
 @dataclass(frozen=True)
 class ClassScores:
-    """Per-class IoU, precision and recall of one confusion matrix (NaN where undefined)."""
+    """Per-class IoU, precision and recall of one confusion matrix (NaN where undefined). ``class_mean``:
+    "present" averages the defined values (nanmean, chainercv); "all" averages every class (SEAM/HFPL,
+    whose epsilon makes an absent class 0)."""
 
     iou: np.ndarray
     precision: np.ndarray
     recall: np.ndarray
+    class_mean: str = "present"
 
     @property
     def miou(self) -> float:
-        return _nanmean(self.iou)
+        return self._mean(self.iou)
 
     @property
     def mean_precision(self) -> float:
-        return _nanmean(self.precision)
+        return self._mean(self.precision)
 
     @property
     def mean_recall(self) -> float:
-        return _nanmean(self.recall)
+        return self._mean(self.recall)
+
+    def _mean(self, values: np.ndarray) -> float:
+        return float(np.mean(values)) if self.class_mean == "all" else _nanmean(values)
 
 
 def _nanmean(values: np.ndarray) -> float:
     return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
 
 
-def scores_from_confusion(conf: np.ndarray, void_predictions: np.ndarray | None = None) -> ClassScores:
-    """IoU_c = TP / (GT_c + Pred_c - TP); ``void_predictions[g]`` = pixels of gt g predicted 255 (wrong)."""
+def scores_from_confusion(conf: np.ndarray, void_predictions: np.ndarray | None = None, pred_255: str = "wrong",
+                          epsilon: float = 0.0, class_mean: str = "present") -> ClassScores:
+    """IoU_c = TP / (GT_c + Pred_c - TP + epsilon). ``void_predictions[g]``: pixels of gt g predicted 255,
+    scored as ``pred_255``: "wrong" (in GT_g only), "background" (as predictions of class 0) or "ignore"
+    (left out)."""
     conf = conf.astype(np.float64)
+    if void_predictions is not None and pred_255 == "background":
+        conf[:, 0] += void_predictions
     tp = np.diag(conf)
     gt_total = conf.sum(axis=1)
-    if void_predictions is not None:
+    if void_predictions is not None and pred_255 == "wrong":
         gt_total = gt_total + void_predictions
     pred_total = conf.sum(axis=0)
     with np.errstate(divide="ignore", invalid="ignore"):
-        iou = tp / (gt_total + pred_total - tp)
-        precision = tp / pred_total
-        recall = tp / gt_total
-    return ClassScores(iou, precision, recall)
+        iou = tp / (gt_total + pred_total - tp + epsilon)
+        precision = tp / (pred_total + epsilon)
+        recall = tp / (gt_total + epsilon)
+    return ClassScores(iou, precision, recall, class_mean)
 
 
 @dataclass(frozen=True)
