@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .plan import format_plan, plan_sweep, resolve_workdir
-from .spec import load_sweep
-from .submit import SubmitOptions, format_status, launcher_module, run_sweep, summary_line
-from . import state
+if TYPE_CHECKING:
+    from .submit import SubmitOptions
+
+# The sweep machinery (run config → every baseline → torch) is imported inside the commands: `wsss --help`
+# stays fast.
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -54,6 +55,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    from .plan import format_plan, plan_sweep
+    from .spec import load_sweep
+    from .submit import launcher_module
+
     spec = load_sweep(args.file, args.overrides)
     plan = plan_sweep(spec, args.workdir)
     if args.launcher:
@@ -63,6 +68,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def options_from_args(args: argparse.Namespace, default_launcher: str) -> SubmitOptions:
+    from .submit import SubmitOptions
+
     return SubmitOptions(launcher=args.launcher or default_launcher, retry_failed=args.retry_failed,
                          tracking_uri=args.tracking_uri, tracking=not args.no_tracking, address=args.address,
                          max_concurrent=args.max_concurrent)
@@ -70,6 +77,9 @@ def options_from_args(args: argparse.Namespace, default_launcher: str) -> Submit
 
 def run_and_summarise(args: argparse.Namespace, file: str) -> tuple[Any, Any]:
     """Load, run and summarise a sweep (`wsss sweep run`, `wsss demo`); failures go to stderr."""
+    from .spec import load_sweep
+    from .submit import format_status, run_sweep, summary_line
+
     spec = load_sweep(file, args.overrides)
     outcome = run_sweep(spec, args.workdir, options_from_args(args, spec.launcher.default))
     print(summary_line(outcome))
@@ -84,6 +94,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from . import state
+    from .plan import plan_sweep, resolve_workdir
+    from .spec import load_sweep
+    from .submit import format_status
+
     spec = load_sweep(args.file, args.overrides)
     workdir = resolve_workdir(args.workdir)
     plan = plan_sweep(spec, workdir)

@@ -7,11 +7,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ..lazy import lazy_exports
 from ..registry import Registry
-from .base import SegmentationDataset
-from .transforms import Transform
+
+if TYPE_CHECKING:
+    from .base import SegmentationDataset
+    from .transforms import Transform
+
+# Loaded on first use (numpy, PIL): `wsss --help` reaches this package through wsss_core.data.cli.
+__getattr__ = lazy_exports(globals(), {"SegmentationDataset": ".base"})
 
 DATASETS: Registry = Registry("dataset")
 

@@ -9,10 +9,15 @@
 Importing this package does not import mlflow (``wsss --help`` stays fast); the functions do.
 """
 
-from .store import (TrackingContext, TrackingError, default_tracking_uri, finish_sweep_tracking,
-                    prepare_sweep_tracking, search_runs_paged)
-from .sink import StageSink, eval_metrics, stage_sink
-from .sync import SyncStats, sync_stage, sync_workdir
+from ..lazy import lazy_exports
+
+# Loaded on first use (the sink imports numpy; `wsss --help` reaches this package through wsss ui/sync).
+__getattr__ = lazy_exports(globals(), {
+    **dict.fromkeys(("TrackingContext", "TrackingError", "default_tracking_uri", "finish_sweep_tracking",
+                     "prepare_sweep_tracking", "search_runs_paged"), ".store"),
+    **dict.fromkeys(("StageSink", "eval_metrics", "stage_sink"), ".sink"),
+    **dict.fromkeys(("SyncStats", "sync_stage", "sync_workdir"), ".sync"),
+})
 
 
 def overlay_grid(*args, **kwargs):

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 from ..errors import WsssError
-from .store import ARTIFACTS_DIR, default_workdir, is_http, resolve_tracking_uri, server_reachable, sqlite_path
 
 STARTUP_TIMEOUT_S = 120
 
@@ -41,6 +40,8 @@ def _store_args(parser: argparse.ArgumentParser) -> None:
 
 
 def run_ui(args: argparse.Namespace) -> int:
+    from .store import ARTIFACTS_DIR, default_workdir, is_http, resolve_tracking_uri, server_reachable, sqlite_path
+
     workdir = args.workdir or default_workdir()
     uri = resolve_tracking_uri(args.tracking_uri, workdir)
     if is_http(uri):
@@ -102,6 +103,7 @@ def _interrupt(signum, frame):
 
 
 def run_sync(args: argparse.Namespace) -> int:
+    from .store import default_workdir
     from .sync import sync_workdir
 
     workdir = args.workdir or default_workdir()

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from .config import RunConfig, load_run_config, stage_key
-from .launch import launch_local
-from .trainer import train
+from ..lazy import lazy_exports
+
+# Loaded on first use: the config imports every baseline and add-on (torch); `wsss --help` needs none of it.
+__getattr__ = lazy_exports(globals(), {
+    "RunConfig": ".config", "load_run_config": ".config", "stage_key": ".config",
+    "launch_local": ".launch", "train": ".trainer",
+})
 
 
-def make_cams(cfg: RunConfig, run_dir: Any, **kwargs: Any) -> dict:
+def make_cams(cfg: Any, run_dir: Any, **kwargs: Any) -> dict:
     from .cams import make_cams as _make_cams  # imports the evaluation package only when needed
 
     return _make_cams(cfg, run_dir, **kwargs)

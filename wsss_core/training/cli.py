@@ -1,4 +1,7 @@
-"""``wsss train`` and ``wsss cams``: the training recipe and CAM generation from the command line."""
+"""``wsss train`` and ``wsss cams``: the training recipe and CAM generation from the command line.
+
+The config and launcher (torch, every baseline) are imported inside the commands: ``wsss --help`` stays fast.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +10,6 @@ import json
 from pathlib import Path
 
 from ..errors import ConfigError
-from .config import load_run_config, stage_key
-from .launch import launch_local
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -37,6 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from .config import load_run_config, stage_key
+    from .launch import launch_local
+
     cfg = load_run_config(args.config, args.overrides)
     run_dir = Path(args.run_dir or f"runs/train-{stage_key(cfg)}")
     summary = launch_local("train", cfg, run_dir, args.nproc, resume=args.resume)
@@ -45,6 +49,9 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_cams(args: argparse.Namespace) -> int:
+    from .config import load_run_config
+    from .launch import launch_local
+
     run_dir = Path(args.run_dir)
     config = args.config
     if config is None:
