@@ -14,17 +14,25 @@ How the later baselines fit:
   min-max.
 - AMN: a label-conditioned per-pixel classifier trained on seed labels; ``uses_pooling = False`` (no
   image-level pooling, so a pooling add-on is refused at config time); its foreground logit channels
-  are its CAM site; it overrides :meth:`Baseline.multiscale_cams` for its softmax-over-C+1 inference.
+  are its CAM site; it overrides :meth:`Baseline.batch_cams` for its softmax-over-C+1 inference.
+
+CAM generation (:meth:`Baseline.batch_cams`) as the references do it: each scale's input is the uint8 image
+resized with PIL bicubic, then normalised (:func:`scaled_inputs`); one forward per scale holds the images of
+a same-size batch and their mirror images; the maps go to image size by the baseline's reference rule
+(``cam_upsampling``: IRN aligns to the output stride and crops, SEAM and AMN go straight to H x W).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Literal, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..data.transforms import normalize_image, resize_bicubic
 
 # Classification step: CAM logits (N×C×h×w) and multi-hot labels (N×C) → named loss terms.
 ClassificationLoss = Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
@@ -73,6 +81,79 @@ class CamResult:
     bg: torch.Tensor | None = None
 
 
+# --- CAM generation inputs and upsampling ---------------------------------------------------------
+# How each scale's network input is made: "pil_bicubic" (the references: the uint8 image resized with PIL's
+# bicubic filter, then normalised) or "tensor_bilinear" (the normalised image resized bilinearly as a tensor).
+CamResize = Literal["pil_bicubic", "tensor_bilinear"]
+CAM_RESIZE = ("pil_bicubic", "tensor_bilinear")
+# How each scale's maps reach image size: "reference" (the baseline's reference rule, ``cam_upsampling``)
+# or "direct" (bilinear straight to H x W for every baseline).
+CamUpsample = Literal["reference", "direct"]
+CAM_UPSAMPLE = ("reference", "direct")
+
+
+def scaled_size(size: tuple[int, int], scale: float) -> tuple[int, int]:
+    """An image's size at ``scale`` as the references round it (IRN ``int(np.round(h * s))``, SEAM
+    ``round(h * s)``: half to even), at least 1 px."""
+    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
+
+
+def strided_up_size(size: tuple[int, int], stride: int) -> tuple[int, int]:
+    """IRN's ``get_strided_up_size``: each side rounded up to a multiple of ``stride``."""
+    return -(-size[0] // stride) * stride, -(-size[1] // stride) * stride
+
+
+def upsample_maps(maps: torch.Tensor, size: tuple[int, int], stride: int | None = None) -> torch.Tensor:
+    """N x K x h x w maps to N x K x H x W, bilinear (align_corners=False). With ``stride`` as IRN's make_cam:
+    to the size rounded up to a multiple of the stride, then cropped to H x W, so each output-stride cell of
+    the map covers the same ``stride`` x ``stride`` pixels it saw."""
+    if stride is None:
+        return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+    aligned = F.interpolate(maps, size=strided_up_size(size, stride), mode="bilinear", align_corners=False)
+    return aligned[..., :size[0], :size[1]]
+
+
+@dataclass
+class ScaledInputs:
+    """Network inputs of a batch of same-size images at each scale: ``levels[i]`` is N x 3 x h_i x w_i
+    (normalised) for ``scales[i]``; ``size`` is the images' own H x W."""
+
+    size: tuple[int, int]
+    scales: tuple[float, ...]
+    levels: list[torch.Tensor]
+
+
+def scaled_inputs(images: Sequence[np.ndarray], scales: Sequence[float], resize: CamResize = "pil_bicubic",
+                  device: torch.device | str | None = None) -> ScaledInputs:
+    """The per-scale inputs of uint8 H x W x 3 images of one size. ``pil_bicubic`` (the references): each
+    scale is the uint8 image resized with PIL bicubic to :func:`scaled_size`, then normalised;
+    ``tensor_bilinear``: the normalised image resized bilinearly (align_corners=False) as a tensor."""
+    if resize not in CAM_RESIZE:
+        raise ValueError(f"cams.resize: {resize!r} is not one of {', '.join(CAM_RESIZE)}")
+    sizes = {image.shape[:2] for image in images}
+    if len(sizes) != 1:
+        raise ValueError(f"scaled_inputs: one batch needs images of one size, got {sorted(sizes)}")
+    size = tuple(images[0].shape[:2])
+    if resize == "tensor_bilinear":
+        full = torch.from_numpy(np.stack([normalize_image(image) for image in images])).to(device)
+        return tensor_scaled_inputs(full, scales)
+    levels = []
+    for scale in scales:
+        height, width = scaled_size(size, scale)
+        level = np.stack([normalize_image(resize_bicubic(image, height, width)) for image in images])
+        levels.append(torch.from_numpy(level).to(device))
+    return ScaledInputs(size, tuple(scales), levels)
+
+
+def tensor_scaled_inputs(image: torch.Tensor, scales: Sequence[float]) -> ScaledInputs:
+    """The per-scale inputs of normalised images (N x 3 x H x W), resized bilinearly as tensors."""
+    size = tuple(image.shape[-2:])
+    levels = [image if scaled_size(size, scale) == size else
+              F.interpolate(image, size=scaled_size(size, scale), mode="bilinear", align_corners=False)
+              for scale in scales]
+    return ScaledInputs(size, tuple(scales), levels)
+
+
 @dataclass
 class NoOptions:
     """Baselines without options accept an empty ``model.options`` mapping."""
@@ -83,6 +164,9 @@ class Baseline(nn.Module):
 
     Options: ClassVar[type] = NoOptions
     uses_pooling: ClassVar[bool] = True  # False: no image-level classification, pooling add-ons refused
+    # How the reference brings each scale's maps to image size: IRN's make_cam aligns to the output stride
+    # ("stride_aligned", see :func:`upsample_maps`); SEAM/HFPL and AMN upsample straight to H x W ("direct").
+    cam_upsampling: ClassVar[Literal["stride_aligned", "direct"]] = "stride_aligned"
 
     def __init__(self, num_classes: int, backbone: nn.Module, options: Any = None):
         super().__init__()
@@ -119,25 +203,61 @@ class Baseline(nn.Module):
         over scales: IRN's ReLU(CAM). A baseline with other inference maps overrides this."""
         return F.relu(self.infer_logits(batch, label).float())
 
+    def map_stride(self, upsample: CamUpsample = "reference") -> int | None:
+        """The stride each scale's maps are aligned to on the way to image size (None: straight to H x W)."""
+        if upsample not in CAM_UPSAMPLE:
+            raise ValueError(f"cams.upsample: {upsample!r} is not one of {', '.join(CAM_UPSAMPLE)}")
+        if upsample == "direct" or self.cam_upsampling == "direct":
+            return None
+        return int(getattr(self.backbone, "output_stride", 16))
+
     @torch.no_grad()
-    def multiscale_cams(self, image: torch.Tensor, label: torch.Tensor, scales: Sequence[float],
-                        flip: bool) -> CamResult:
-        """IRN-style CAMs of one image (1 × 3 × H × W normalised): per scale ReLU, flip back, sum over
-        scales at image size, keep ground-truth classes, normalise each."""
-        height, width = image.shape[-2:]
-        keys = torch.nonzero(label > 0.5).flatten().tolist()
-        total = image.new_zeros((self.num_classes, height, width), dtype=torch.float32)
-        for scale in scales:
-            size = (max(1, round(height * scale)), max(1, round(width * scale)))
-            scaled = image if scale == 1.0 else F.interpolate(image, size=size, mode="bilinear",
-                                                               align_corners=False)
-            batch = torch.cat([scaled, scaled.flip(-1)]) if flip else scaled
-            logits = self.scale_maps(batch, label[None].expand(len(batch), -1))
+    def summed_maps(self, inputs: ScaledInputs, labels: torch.Tensor, flip: bool, upsample: CamUpsample = "reference",
+                    scale_maps: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """N x K x H x W: per scale one forward of the images and (``flip``) their mirror images together,
+        the mirrored maps flipped back and added, upsampled to image size (:meth:`map_stride`), summed over
+        scales. ``scale_maps`` (default :meth:`scale_maps`) gives a forward's maps; ``labels`` is N x C."""
+        scale_maps = scale_maps or self.scale_maps
+        count, stride = labels.shape[0], self.map_stride(upsample)
+        total = None
+        for level in inputs.levels:
+            batch = torch.cat([level, level.flip(-1)]) if flip else level
+            maps = scale_maps(batch, labels.repeat(2, 1) if flip else labels).float()
             if flip:
-                logits = logits[:1] + logits[1:].flip(-1)
-            total += F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)[0]
-        cams = self.normalise_cams(total[keys]) if keys else total[:0]
-        return CamResult(keys, cams)
+                maps = maps[:count] + maps[count:].flip(-1)
+            maps = upsample_maps(maps, inputs.size, stride)
+            total = maps if total is None else total + maps
+        return total
+
+    @torch.no_grad()
+    def batch_cams(self, inputs: ScaledInputs, labels: torch.Tensor, flip: bool,
+                   upsample: CamUpsample = "reference") -> list[CamResult]:
+        """IRN-style CAMs of a batch of same-size images (``labels`` N x C): :meth:`summed_maps` of
+        :meth:`scale_maps`, ground-truth classes kept, each normalised (:meth:`normalise_cams`)."""
+        total = self.summed_maps(inputs, labels, flip, upsample)
+        results = []
+        for maps, label in zip(total, labels):
+            keys = torch.nonzero(label > 0.5).flatten().tolist()
+            results.append(CamResult(keys, self.normalise_cams(maps[keys]) if keys else maps[:0]))
+        return results
+
+    @torch.no_grad()
+    def multiscale_cams(self, image: torch.Tensor | ScaledInputs, label: torch.Tensor, scales: Sequence[float],
+                        flip: bool, *, upsample: CamUpsample = "reference") -> CamResult:
+        """CAMs of one image: ``image`` is its :func:`scaled_inputs` (the references' PIL bicubic inputs), or a
+        normalised 1 x 3 x H x W tensor, whose scales are then resized bilinearly (the tensor path)."""
+        return self.batch_cams(as_scaled_inputs(image, scales), label[None], flip, upsample)[0]
+
+
+def as_scaled_inputs(image: torch.Tensor | ScaledInputs, scales: Sequence[float]) -> ScaledInputs:
+    """One image's per-scale inputs: given as :class:`ScaledInputs`, or made from a normalised tensor
+    (:func:`tensor_scaled_inputs`)."""
+    if isinstance(image, ScaledInputs):
+        if tuple(image.scales) != tuple(scales):
+            raise ValueError(f"multiscale_cams: inputs made for scales {list(image.scales)}, asked for "
+                             f"{list(scales)}")
+        return image
+    return tensor_scaled_inputs(image, scales)
 
 
 def options_from_config(baseline_cls: type[Baseline], options: dict[str, Any], where: str) -> Any:

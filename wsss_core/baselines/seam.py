@@ -84,6 +84,7 @@ def _upsample(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 @BASELINES.register("seam")
 class SeamBaseline(Baseline):
     Options = SeamOptions
+    cam_upsampling = "direct"  # infer_SEAM.py upsamples each scale's map straight to H x W
 
     def __init__(self, num_classes: int, backbone: nn.Module, options: SeamOptions | None = None):
         super().__init__(num_classes, backbone, options)

@@ -211,6 +211,23 @@ class RandomCrop:
         return 0, int(rng.integers(-space + 1)), length
 
 
+def normalize_image(image: np.ndarray, mean: Sequence[float] = IMAGENET_MEAN,
+                    std: Sequence[float] = IMAGENET_STD) -> np.ndarray:
+    """uint8 HxWx3 RGB -> float32 3xHxW, (x / 255 - mean) / std."""
+    if image.dtype != np.uint8:
+        raise ValueError("Normalize expects a uint8 HxWx3 image; it was normalized already")
+    normalized = (image.astype(np.float32) / 255.0 - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return np.ascontiguousarray(normalized.transpose(2, 0, 1))
+
+
+def resize_bicubic(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """uint8 HxWx3 image resized with PIL's bicubic filter, as the references rescale inference inputs
+    (IRN/AMN ``pil_rescale(img, s, order=3)``, SEAM/HFPL ``img.resize(size, Image.CUBIC)``)."""
+    if image.shape[:2] == (height, width):
+        return image
+    return np.asarray(Image.fromarray(image).resize((width, height), Image.BICUBIC))
+
+
 @dataclass(frozen=True)
 class Normalize:
     """uint8 HxWx3 RGB -> float32 3xHxW, (x / 255 - mean) / std (ImageNet statistics by default)."""
@@ -219,14 +236,8 @@ class Normalize:
     std: tuple[float, float, float] = IMAGENET_STD
 
     def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
-        image = sample["image"]
-        if image.dtype != np.uint8:
-            raise ValueError("Normalize expects a uint8 HxWx3 image; it was normalized already")
-        mean = np.asarray(self.mean, np.float32)
-        std = np.asarray(self.std, np.float32)
-        normalized = (image.astype(np.float32) / 255.0 - mean) / std
         out = dict(sample)
-        out["image"] = np.ascontiguousarray(normalized.transpose(2, 0, 1))
+        out["image"] = normalize_image(sample["image"], self.mean, self.std)
         return out
 
 

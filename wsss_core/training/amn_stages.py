@@ -256,9 +256,10 @@ def make_amn_cams(cfg: RunConfig, amn_run_dir: str | Path, seeds_dir: str | Path
                               "kind": "amn activation maps"})
     barrier(env)
 
-    def infer(sample: dict, image: torch.Tensor, label: torch.Tensor) -> Any:
-        seed = torch.from_numpy(read_seed(seeds_dir, sample["id"], sample["image"].shape[:2])).to(env.device)
-        return model.baseline.multiscale_cams(image, label, net_cfg.cams.scales, net_cfg.cams.flip, seed=seed)
+    def infer(samples: list[dict], inputs: Any, labels: torch.Tensor) -> Any:
+        seeds = np.stack([read_seed(seeds_dir, s["id"], s["image"].shape[:2]) for s in samples])
+        return model.baseline.batch_cams(inputs, labels, net_cfg.cams.flip, net_cfg.cams.upsample,
+                                         seeds=torch.from_numpy(seeds).to(env.device))
 
     write_store_shard(CamStore(out_dir), dataset, env, net_cfg, infer, desc="amn maps")
     sink.set_status("finished")

@@ -1,8 +1,10 @@
 """CAM generation: the trained model's multi-scale × flip CAMs for a split, written to the run's CamStore
 (sharded across DDP ranks), then scored over every threshold by rank 0.
 
-Per image (see the baseline's ``multiscale_cams``): per scale ReLU(CAM), flipped map flipped back,
-summed over scales at image size, ground-truth classes kept, each divided by its max + 1e-5.
+Per image (see the baseline's ``batch_cams``): per scale the uint8 image resized with PIL bicubic and
+normalised (``cams.resize``), ReLU(CAM), flipped map flipped back, upsampled to image size by the baseline's
+reference rule (``cams.upsample``; IRN: stride-aligned then cropped), summed over scales, ground-truth classes
+kept, each divided by its max + 1e-5. Images of one size go through the network together (``cams.batch_size``).
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from ..baselines.base import CamResult, ScaledInputs, scaled_inputs
 from ..baselines.compose import build_model
 from ..data import build_dataset
-from ..data.transforms import Normalize
 from ..errors import CamStoreError
 from ..evaluation import CamStore, evaluate_cams, write_eval_outputs
 from ..progress import progress
@@ -55,23 +57,44 @@ def _inference_context(cfg: RunConfig, env: DistEnv):
     return torch.backends.mkldnn.flags(enabled=False)
 
 
-def write_store_shard(store: CamStore, dataset: Any, env: DistEnv, cfg: RunConfig,
-                      infer: Callable[[dict, torch.Tensor, torch.Tensor], Any], desc: str) -> None:
-    """This rank's share of ``dataset`` (images rank, rank + W, …) into ``store``: ``infer(sample, image,
-    label)`` gives a CamResult per image; images already stored (an interrupted earlier run) are skipped."""
-    normalize = Normalize()
+# Images waiting for same-size company before a batch is run anyway: this many batches' worth.
+PENDING_BATCHES = 4
+
+CamInfer = Callable[[list[dict], ScaledInputs, torch.Tensor], list[CamResult]]
+
+
+def write_store_shard(store: CamStore, dataset: Any, env: DistEnv, cfg: RunConfig, infer: CamInfer,
+                      desc: str) -> None:
+    """This rank's share of ``dataset`` (images rank, rank + W, …) into ``store``. Images of one size are
+    batched (up to ``cfg.cams.batch_size``; a batch runs early when ``PENDING_BATCHES`` batches' worth of
+    images wait), their per-scale inputs made as ``cfg.cams.resize`` says; ``infer(samples, inputs, labels)``
+    gives one CamResult per sample. Images already stored (an interrupted earlier run) are skipped."""
+    batch_size = cfg.cams.batch_size
+    pending: dict[tuple[int, int], list[dict]] = {}
+
+    def run(samples: list[dict]) -> None:
+        inputs = scaled_inputs([s["image"] for s in samples], cfg.cams.scales, cfg.cams.resize, env.device)
+        labels = torch.from_numpy(np.stack([np.asarray(s["label"], np.float32) for s in samples])).to(env.device)
+        with _inference_context(cfg, env):
+            results = infer(samples, inputs, labels)
+        for sample, result in zip(samples, results):
+            bg = None if result.bg is None else result.bg.float().cpu().numpy()
+            store.write(sample["id"], np.asarray(result.keys, np.int64), result.cams.float().cpu().numpy(), bg=bg)
+
     mine = range(env.rank, len(dataset), env.world_size)
     for index in progress(mine, desc=f"{desc} rank {env.rank}", total=len(mine), unit="img",
                           disable=not env.is_main):
         sample = dataset.load(index)
         if sample["id"] in store:
             continue  # written by an earlier, interrupted run of the same model and settings
-        image = torch.from_numpy(normalize(sample, np.random.default_rng(0))["image"])[None].to(env.device)
-        label = torch.from_numpy(np.asarray(sample["label"], np.float32)).to(env.device)
-        with _inference_context(cfg, env):
-            result = infer(sample, image, label)
-        bg = None if result.bg is None else result.bg.float().cpu().numpy()
-        store.write(sample["id"], np.asarray(result.keys, np.int64), result.cams.float().cpu().numpy(), bg=bg)
+        size = sample["image"].shape[:2]
+        pending.setdefault(size, []).append(sample)
+        if len(pending[size]) == batch_size:
+            run(pending.pop(size))
+        elif sum(map(len, pending.values())) >= PENDING_BATCHES * batch_size:
+            run(pending.pop(max(pending, key=lambda key: len(pending[key]))))
+    for group in pending.values():
+        run(group)
     barrier(env)
 
 
@@ -86,8 +109,8 @@ def write_cams(cfg: RunConfig, run_dir: Path, env: DistEnv, weights_dir: Path | 
     store_path = run_dir / CAM_DIR
     _prepare_store(env, store_path, dataset.num_classes, list(dataset.class_names),
                    {"train_key": meta["stage_key"], "cams_key": stage_key(cfg, "cams"), "split": cfg.cams.split})
-    infer = lambda sample, image, label: model.baseline.multiscale_cams(  # noqa: E731
-        image, label, cfg.cams.scales, cfg.cams.flip)
+    infer = lambda samples, inputs, labels: model.baseline.batch_cams(  # noqa: E731
+        inputs, labels, cfg.cams.flip, cfg.cams.upsample)
     write_store_shard(CamStore(store_path), dataset, env, cfg, infer, desc="cams")
     barrier(env)
     return store_path
