@@ -115,6 +115,33 @@ def test_training_forward_needs_seeds_and_exposes_foreground_logits_as_cam_site(
     assert model.baseline.label_encoder.weight.grad.abs().sum() > 0
 
 
+def test_resnet50_network_trains_every_stage_and_bn_affine_with_frozen_statistics():
+    """As AMN's resnet50_amn.Net: no stage detached (layer1 … layer4 learn), conv1/bn1 frozen, BatchNorm with
+    fixed running statistics (IRN's FixedBatchNorm) and weight/bias in the backbone group (lr 1x)."""
+    cfg = load_run_config(None, ["model.baseline=amn", "model.backbone=resnet50"])
+    torch.manual_seed(0)
+    model = build_model(cfg.model, [], 3)
+    backbone = model.baseline.backbone
+    groups = {g.name: g for g in model.baseline.param_groups()}
+    optimizer = torch.optim.Adam([{"params": g.params, "lr": 1e-3 * g.lr_mult} for g in groups.values()])
+    statistics = {k: v.clone() for k, v in backbone.state_dict().items() if "running" in k}
+    bn_weight = backbone.layer1[0].bn1.weight.detach().clone()
+    model.train()
+    model.baseline.set_seed_targets(torch.randint(0, 4, (2, 64, 64)))
+    total, _, _ = model(torch.randn(2, 3, 64, 64) * 3 + 1, torch.tensor([[1.0, 0, 0], [0, 1.0, 1.0]]))
+    optimizer.zero_grad()
+    total.backward()
+    optimizer.step()
+    assert backbone.layer1[0].conv1.weight.grad.abs().sum() > 0  # AMN detaches nothing
+    assert backbone.conv1.weight.grad is None and backbone.bn1.weight.grad is None
+    assert not torch.equal(bn_weight, backbone.layer1[0].bn1.weight)
+    assert all(torch.equal(v, backbone.state_dict()[k]) for k, v in statistics.items())
+    backbone_ids = {id(p) for p in groups["backbone"].params}
+    assert id(backbone.layer1[0].bn1.weight) in backbone_ids and id(backbone.bn1.weight) not in backbone_ids
+    assert {id(p) for p in groups["head"].params} == {id(p) for p in [*model.baseline.label_encoder.parameters(),
+                                                                      *model.baseline.aspp.parameters()]}
+
+
 def demo_overrides(root: Path, *extra: str) -> list[str]:
     return [f"data.root={root}", "data.crop=32", "train.epochs=1", "train.batch_size=4", "train.device=cpu",
             "model.baseline=amn", "model.backbone_options={widths: [8, 16]}", "cams.scales=[1.0]",

@@ -39,16 +39,48 @@ def test_resnet50_output_stride_16_and_32():
         assert build_backbone("resnet50", options={"strides": [2, 2, 2, 2]})(x).shape == (1, 2048, 2, 2)
 
 
-def test_frozen_batchnorm_keeps_running_stats_and_stem_gets_no_gradient():
+def batchnorms(model):
+    return [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+
+
+def test_resnet50_default_bn_keeps_running_stats_and_trains_weight_and_bias_as_irn():
     model = build_backbone("resnet50").train()
-    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    assert all(not m.training for m in bns)
-    assert all(not p.requires_grad for m in bns for p in m.parameters())
-    assert not model.conv1.weight.requires_grad
+    assert all(not m.training for m in batchnorms(model))  # IRN's FixedBatchNorm: running statistics
+    # weight and bias are trainable parameters everywhere but in the frozen stem (IRN's train() override)
+    assert all(p.requires_grad for m in batchnorms(model) if m is not model.bn1 for p in m.parameters())
+    assert not any(p.requires_grad for p in [*model.conv1.parameters(), *model.bn1.parameters()])
     assert model.layer1[0].conv1.weight.requires_grad
     before = model.layer2[0].bn1.running_mean.clone()
     model(torch.randn(2, 3, 32, 32) * 5 + 3)
     assert torch.equal(before, model.layer2[0].bn1.running_mean)
+
+
+def test_bn_frozen_is_the_earlier_behaviour_and_train_updates_statistics():
+    frozen = build_backbone("resnet50", options={"bn": "frozen"}).train()
+    assert all(not m.training for m in batchnorms(frozen))
+    assert not any(p.requires_grad for m in batchnorms(frozen) for p in m.parameters())
+    trained = build_backbone("resnet50", options={"bn": "train"}).train()
+    assert all(m.training for m in batchnorms(trained))
+    before = trained.layer2[0].bn1.running_mean.clone()
+    trained(torch.randn(2, 3, 32, 32) * 5 + 3)
+    assert not torch.equal(before, trained.layer2[0].bn1.running_mean)
+    with pytest.raises(ConfigError, match="valid choices: frozen_stats, frozen, train"):
+        build_backbone("resnet50", options={"bn": "fixed"})
+
+
+def test_backbone_options_spell_out_every_default():
+    from wsss_core.training.config import ModelConfig, stage_key, load_run_config
+
+    cfg = ModelConfig(backbone="resnet50")
+    cfg.validate("model")
+    assert cfg.backbone_options == {"strides": [2, 2, 2, 1], "bn": "frozen_stats", "freeze_stem": True}
+    implicit = load_run_config(None, ["model.backbone=resnet50"])
+    explicit = load_run_config(None, ["model.backbone=resnet50", "model.backbone_options={bn: frozen_stats}"])
+    changed = load_run_config(None, ["model.backbone=resnet50", "model.backbone_options={bn: frozen}"])
+    assert stage_key(implicit) == stage_key(explicit) != stage_key(changed)
+    with pytest.raises(ConfigError, match=r"model.backbone_options: unknown option\(s\) depth .*valid options: "
+                                          "strides, bn, freeze_stem"):
+        ModelConfig(backbone="resnet50", backbone_options={"depth": 3}).validate("model")
 
 
 def test_resnet38d_reference_key_names_and_stride_8():
@@ -60,6 +92,9 @@ def test_resnet38d_reference_key_names_and_stride_8():
         assert name in keys, name
     assert "b2_1.conv_branch1.weight" not in keys  # same-shape blocks have no projection
     assert not model.conv1a.weight.requires_grad
+    model.train()  # SEAM's resnet38d.train(): every BatchNorm in eval mode, no gradient to weight and bias
+    assert all(not m.training for m in batchnorms(model))
+    assert not any(p.requires_grad for m in batchnorms(model) for p in m.parameters())
     with torch.no_grad():
         assert model.eval()(torch.randn(1, 3, 32, 32)).shape == (1, 4096, 4, 4)
 

@@ -48,17 +48,20 @@ def pcm_input(logits: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
 
 
 class PixelCorrelationModule(nn.Module):
-    """Projections of two backbone levels plus the image, and the affinity propagation of SEAM."""
+    """Projections of two backbone levels plus the image, and the affinity propagation of SEAM.
+
+    The convs carry SEAM's names, so a released SEAM checkpoint's ``f8_3``/``f8_4``/``f9`` load as they are.
+    """
 
     def __init__(self, mid_channels: int, high_channels: int, widths: Sequence[int] = (64, 128)):
         super().__init__()
         mid_width, high_width = widths
-        self.project_mid = nn.Conv2d(mid_channels, mid_width, 1, bias=False)  # reference f8_3
-        self.project_high = nn.Conv2d(high_channels, high_width, 1, bias=False)  # reference f8_4
-        self.embed = nn.Conv2d(mid_width + high_width + 3, mid_width + high_width, 1, bias=False)  # f9
-        nn.init.kaiming_normal_(self.project_mid.weight)
-        nn.init.kaiming_normal_(self.project_high.weight)
-        nn.init.xavier_uniform_(self.embed.weight, gain=4)
+        self.f8_3 = nn.Conv2d(mid_channels, mid_width, 1, bias=False)  # projection of the mid level
+        self.f8_4 = nn.Conv2d(high_channels, high_width, 1, bias=False)  # projection of the high level
+        self.f9 = nn.Conv2d(mid_width + high_width + 3, mid_width + high_width, 1, bias=False)  # embedding
+        nn.init.kaiming_normal_(self.f8_3.weight)
+        nn.init.kaiming_normal_(self.f8_4.weight)
+        nn.init.xavier_uniform_(self.f9.weight, gain=4)
 
     def features(self, image: torch.Tensor, mid: torch.Tensor, high: torch.Tensor,
                  size: tuple[int, int]) -> torch.Tensor:
@@ -66,14 +69,14 @@ class PixelCorrelationModule(nn.Module):
         mid, high = (x.detach() if x.shape[-2:] == size else
                      F.interpolate(x.detach(), size=size, mode="bilinear", align_corners=False) for x in (mid, high))
         small = F.interpolate(image, size=size, mode="bilinear", align_corners=True)
-        return torch.cat([small, F.relu(self.project_mid(mid)), F.relu(self.project_high(high))], dim=1)
+        return torch.cat([small, F.relu(self.f8_3(mid)), F.relu(self.f8_4(high))], dim=1)
 
     def forward(self, maps: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """Refine ``maps`` (N × K × h × w) with the affinities of ``features`` (N × F × h × w)."""
         n, _, h, w = features.shape
         maps = F.interpolate(maps, size=(h, w), mode="bilinear", align_corners=True) \
             if maps.shape[-2:] != (h, w) else maps
-        f = self.embed(features).flatten(2).float()
+        f = self.f9(features).flatten(2).float()
         f = f / (f.norm(dim=1, keepdim=True) + 1e-5)
         affinity = F.relu(f.transpose(1, 2) @ f)
         affinity = affinity / (affinity.sum(dim=1, keepdim=True) + 1e-5)

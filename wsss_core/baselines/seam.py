@@ -6,18 +6,27 @@ Each branch gives CAM logits (C channels, background excluded) and their PCM ref
 
 - classification per branch through the pooling step, averaged: ½(L_cls(full) + L_cls(rescaled));
   the full branch goes through ``self.classify`` (so importance sampling replaces its GAP), the
-  rescaled one too only with ``addons_on_scaled_branch`` (HFPL's code leaves it on GAP);
+  rescaled one too only with ``addons_on_scaled_branch`` (HFPL's code leaves it on GAP). SEAM's GAP
+  pools the CAM upsampled to the branch's input size (bilinear, align_corners=True: the reference's
+  ``adaptive_avg_pool2d`` of the upsampled ``cam``), not the feature grid (``pooling``); HFPL's
+  importance sampling still samples the feature-grid logits, as its code does;
 - SEAM's adaptive min-pooling on the label-masked PCM maps (``rvmin``), averaged over branches;
 - ER: mean |↓(max_norm(cam_full)) − max_norm(cam_rescaled)| over the foreground channels;
 - ECR: |max_onehot(cam_other) − pcm_this|, mean of the top 20 % per image, summed over both directions.
 
 The CAM site of the full branch carries the feature-similarity add-on (HFPL applies it there only).
-Inference is on the PCM output: scales × flip summed, ReLU, per-class min-max.
+Inference is on the PCM output: scales × flip summed, ReLU, per-class min-max as ``infer_SEAM.py``
+(:func:`released_min_max`).
+
+The classifier is SEAM's ``fc8``: C+1 output rows (``background_row``), row 0 a background row that nothing
+uses (the losses read rows 1:, the PCM input overwrites channel 0 with 1 − max foreground, inference keeps
+PCM channels 1:), kept so a released checkpoint loads and the initialisation matches.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +50,9 @@ class SeamOptions:
     min_pooling_weight: float = 1.0  # SEAM's adaptive min-pooling loss on the PCM maps (0 = off)
     addons_on_scaled_branch: bool = False  # also pool / regularise the rescaled branch with the add-ons
     freeze_first_stage: bool = True  # ResNet-38: b2, b2_1, b2_2 get no gradient (reference not_training)
+    # GAP over the CAM upsampled to the input size (SEAM as released) or over the feature grid (earlier default)
+    pooling: Literal["upsampled", "feature_grid"] = "upsampled"
+    background_row: bool = True  # classifier fc8 with C+1 rows, row 0 unused (SEAM as released); False: C rows
 
     def validate(self, where: str) -> None:
         if not 0.0 < self.scale < 1.0:
@@ -81,10 +93,20 @@ def _upsample(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
 
 
+def released_min_max(summed: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """``infer_SEAM.py``'s normalisation of the summed maps (K × H × W), per class: s = ReLU(sum); min and max
+    of s; pixels below min + ε set to 0; then (s − min − ε) / (max − min + ε). The pixels it zeroed come out
+    negative, −(min + ε) / (max − min + ε); every other pixel is ≥ 0."""
+    s = F.relu(summed)
+    low = s.flatten(1).min(dim=1).values[:, None, None]
+    high = s.flatten(1).max(dim=1).values[:, None, None]
+    s = torch.where(s < low + eps, torch.zeros_like(s), s)
+    return (s - low - eps) / (high - low + eps)
+
+
 @BASELINES.register("seam")
 class SeamBaseline(Baseline):
     Options = SeamOptions
-    cam_upsampling = "direct"  # infer_SEAM.py upsamples each scale's map straight to H x W
 
     def __init__(self, num_classes: int, backbone: nn.Module, options: SeamOptions | None = None):
         super().__init__(num_classes, backbone, options)
@@ -99,8 +121,13 @@ class SeamBaseline(Baseline):
             raise ConfigError(f"model.options.pcm_levels: {list(opts.pcm_levels)} out of range for a backbone "
                               f"with {len(channels)} stages") from None
         self.dropout = nn.Dropout2d(opts.feature_dropout)
-        self.classifier = nn.Conv2d(backbone.out_channels, num_classes, 1, bias=False)  # reference fc8
+        rows = num_classes + 1 if opts.background_row else num_classes
+        self.classifier = nn.Conv2d(backbone.out_channels, rows, 1, bias=False)  # reference fc8
         nn.init.xavier_uniform_(self.classifier.weight)
+        # The pooling step; an add-on that replaces pooling wraps it (importance sampling mixes it with IS).
+        self.gap_loss = self.upsampled_gap_loss if opts.pooling == "upsampled" else global_average_pooling_loss
+        self.classify = self.gap_loss
+        self._pooling_size: tuple[int, int] | None = None
         self.pcm = PixelCorrelationModule(mid, high, opts.pcm_widths)
         if opts.freeze_first_stage:
             for name in ("b2", "b2_1", "b2_2"):  # only ResNet-38 has them
@@ -124,11 +151,29 @@ class SeamBaseline(Baseline):
         """CAM logits (N × C × h × w) and PCM maps (N × (C+1) × h × w) at the feature grid."""
         stages = self.backbone.forward_stages(image)
         logits = self.classifier(self.dropout(stages[-1]))
+        if self.options.background_row:
+            logits = logits[:, 1:]  # fc8's background row: no loss and no map reads it
         mid, high = (self._pcm_level(stages, i) for i in self.options.pcm_levels)
         features = self.pcm.features(image, mid, high, tuple(logits.shape[-2:]))
         return logits, self.pcm(pcm_input(logits), features)
 
     # --- training -------------------------------------------------------------------------------
+    def upsampled_gap_loss(self, logits: torch.Tensor, label: torch.Tensor) -> dict[str, torch.Tensor]:
+        """SEAM's classification: GAP of the CAM logits upsampled (bilinear, align_corners=True) to the input
+        size of the branch being classified, multilabel soft margin."""
+        size = self._pooling_size
+        if size is not None and tuple(logits.shape[-2:]) != tuple(size):
+            logits = _upsample(logits.float(), size)
+        return global_average_pooling_loss(logits, label)
+
+    def _classify(self, pooling, logits: torch.Tensor, label: torch.Tensor,
+                  size: tuple[int, int]) -> dict[str, torch.Tensor]:
+        self._pooling_size = size  # the input size upsampled_gap_loss pools at
+        try:
+            return pooling(logits, label)
+        finally:
+            self._pooling_size = None
+
     def forward_train(self, image: torch.Tensor, label: torch.Tensor) -> TrainOutput:
         opts = self.options
         height, width = image.shape[-2:]
@@ -138,9 +183,10 @@ class SeamBaseline(Baseline):
         logits2, pcm2 = self.branch(scaled)
 
         losses: dict[str, torch.Tensor] = {}
-        scaled_pooling = self.classify if opts.addons_on_scaled_branch else global_average_pooling_loss
-        for prefix, pooling, logits in (("", self.classify, logits1), ("scaled.", scaled_pooling, logits2)):
-            for name, value in pooling(logits, label).items():
+        scaled_pooling = self.classify if opts.addons_on_scaled_branch else self.gap_loss
+        for prefix, pooling, logits, size in (("", self.classify, logits1, (height, width)),
+                                              ("scaled.", scaled_pooling, logits2, small_size)):
+            for name, value in self._classify(pooling, logits, label, size).items():
                 losses[prefix + name] = 0.5 * value
 
         fg_mask = label.float()[:, :, None, None]
@@ -189,11 +235,9 @@ class SeamBaseline(Baseline):
         return self.branch(image)[1][:, 1:]
 
     def normalise_cams(self, cams: torch.Tensor) -> torch.Tensor:
-        """ReLU then per-class min-max: (s − min − 1e-5) / (max − min + 1e-5), values below min + 1e-5 → 0."""
-        cams = F.relu(cams)
-        low = cams.flatten(1).min(dim=1).values[:, None, None]
-        high = cams.flatten(1).max(dim=1).values[:, None, None]
-        return F.relu(cams - low - 1e-5) / (high - low + 1e-5)
+        """:func:`released_min_max` with its negative pixels (those below min + 1e-5) stored as 0: CAM maps are
+        ≥ 0. Equal to SEAM's wherever SEAM's is ≥ 0, so every threshold t ≥ 0 gives SEAM's labels."""
+        return released_min_max(cams).clamp_min(0.0)
 
     def scale_maps(self, batch: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         """SEAM inference: the PCM maps at the scale's input size, summed raw over scales × flip (no per-scale

@@ -4,8 +4,9 @@ Key names follow the reference (``conv1a``, ``b2``, ``b2_1`` … ``b7``, ``bn7``
 ``bn_branch2a``, ``conv_branch2a``, ``bn_branch2b1``, ``conv_branch2b1``, ``conv_branch1`` and, in the
 bottleneck blocks b6/b7, ``bn_branch2b2``, ``conv_branch2b2``), so the converted ImageNet weights
 (``ilsvrc-cls_rna-a1_cls1000_ep-0001`` converted to a ``.pth`` state dict) load with
-:func:`~wsss_core.models.load_weights`. Output stride 8 (b5–b7 dilated). As in the reference, every
-BatchNorm is frozen and ``conv1a`` gets no gradient.
+:func:`~wsss_core.models.load_weights`. Output stride 8 (b5–b7 dilated). As in SEAM's ``train()``, every
+BatchNorm is frozen by default (``bn: frozen``: running statistics and no gradient to weight and bias;
+``frozen_stats`` and ``train`` as for ResNet-50) and ``conv1a`` gets no gradient.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import BACKBONES
-from .frozen import freeze, freeze_batchnorm, keep_batchnorm_frozen
+from .frozen import apply_bn_mode, freeze, freeze_leading_stages, keep_bn_stats
 
 
 class ResBlock(nn.Module):
@@ -74,9 +75,14 @@ class ResBottleneckBlock(nn.Module):
 class ResNet38d(nn.Module):
     """Stages b2–b7 (output stride 8); ``forward`` returns ReLU(bn7(b7)) with 4096 channels."""
 
-    def __init__(self, frozen_bn: bool = True, freeze_stem: bool = True):
+    STAGE_BLOCKS = (("b2", "b2_1", "b2_2"), ("b3", "b3_1", "b3_2"), ("b4", "b4_1", "b4_2", "b4_3", "b4_4", "b4_5"),
+                    ("b5", "b5_1", "b5_2"), ("b6", "b7", "bn7"))
+    DEFAULT_DETACHED_STAGES = 0  # no CAM reference on ResNet-38 detaches a stage (SEAM freezes b2 itself)
+
+    def __init__(self, bn: str = "frozen", freeze_stem: bool = True):
         super().__init__()
-        self.frozen_bn = frozen_bn
+        self.bn_mode = bn
+        self.detached_stages = 0
         self.conv1a = nn.Conv2d(3, 64, 3, padding=1, bias=False)
         self.b2 = ResBlock(64, 128, 128, stride=2)
         self.b2_1 = ResBlock(128, 128, 128)
@@ -96,25 +102,30 @@ class ResNet38d(nn.Module):
         self.out_channels = 4096
         self.stage_channels = (128, 256, 512, 1024, 4096)
         self.output_stride = 8
+        apply_bn_mode(self, bn)
         if freeze_stem:
             freeze(self.conv1a)
-        if frozen_bn:
-            freeze_batchnorm(self)
 
     def train(self, mode: bool = True) -> "ResNet38d":
         super().train(mode)
-        if self.frozen_bn:
-            keep_batchnorm_frozen(self)
+        keep_bn_stats(self, self.bn_mode)
         return self
+
+    def detach_leading_stages(self, count: int) -> None:
+        """conv1a and the first ``count`` stages (b2…, b3…, …) get no gradient; their output is detached."""
+        stages = [nn.ModuleList(getattr(self, name) for name in group) for group in self.STAGE_BLOCKS]
+        freeze_leading_stages([self.conv1a], stages, count)
+        self.detached_stages = count
 
     def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Outputs of b2_2, b3_2, b4_5, b5_2 and the final activated b7 (the levels SEAM's PCM reads)."""
         x = self.conv1a(x)
         stages = []
-        for group in (("b2", "b2_1", "b2_2"), ("b3", "b3_1", "b3_2"),
-                      ("b4", "b4_1", "b4_2", "b4_3", "b4_4", "b4_5"), ("b5", "b5_1", "b5_2")):
+        for index, group in enumerate(self.STAGE_BLOCKS[:-1], start=1):
             for name in group:
                 x = getattr(self, name)(x)
+            if index == self.detached_stages:
+                x = x.detach()
             stages.append(x)
         x = self.b7(self.b6(x))
         stages.append(F.relu(self.bn7(x)))
@@ -125,5 +136,5 @@ class ResNet38d(nn.Module):
 
 
 @BACKBONES.register("resnet38d")
-def resnet38d(frozen_bn: bool = True, freeze_stem: bool = True) -> ResNet38d:
-    return ResNet38d(frozen_bn=frozen_bn, freeze_stem=freeze_stem)
+def resnet38d(bn: str = "frozen", freeze_stem: bool = True) -> ResNet38d:
+    return ResNet38d(bn=bn, freeze_stem=freeze_stem)

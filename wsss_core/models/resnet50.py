@@ -1,8 +1,11 @@
 """ResNet-50 (Bottleneck) with torchvision/ImageNet state-dict names, as IRN's CAM network uses it.
 
-``strides=(2, 2, 2, 1)`` gives output stride 16 (IRN); ``(2, 2, 2, 2)`` the classic 32. With
-``frozen_bn`` every BatchNorm keeps its running statistics and gets no gradient; conv1/bn1 are frozen
-as in IRN (``freeze_stem``).
+``strides=(2, 2, 2, 1)`` gives output stride 16 (IRN); ``(2, 2, 2, 2)`` the classic 32. BatchNorm by
+default as IRN and AMN have it (``bn: frozen_stats``: running statistics fixed, weight and bias trainable;
+``frozen`` also takes their gradient, the project's earlier default; see ``frozen.py``); conv1/bn1 get no
+gradient as in IRN (``freeze_stem``). :meth:`ResNet50.detach_leading_stages` is IRN's ``stage2(x).detach()``:
+the CAM baseline calls it with 2 by default (``DEFAULT_DETACHED_STAGES``), so layer1 and layer2 keep their
+pretrained weights.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import torch
 from torch import nn
 
 from . import BACKBONES
-from .frozen import freeze, freeze_batchnorm, keep_batchnorm_frozen
+from .frozen import apply_bn_mode, freeze, freeze_leading_stages, keep_bn_stats
 
 
 class Bottleneck(nn.Module):
@@ -44,14 +47,17 @@ class ResNet50(nn.Module):
     """Stem + 4 stages; ``forward`` returns stage-4 features (2048 channels)."""
 
     layers = (3, 4, 6, 3)
+    # Stages the CAM baseline cuts from the gradient unless told otherwise: IRN detaches after layer2.
+    DEFAULT_DETACHED_STAGES = 2
 
-    def __init__(self, strides: tuple[int, int, int, int] | list[int] = (2, 2, 2, 1), frozen_bn: bool = True,
+    def __init__(self, strides: tuple[int, int, int, int] | list[int] = (2, 2, 2, 1), bn: str = "frozen_stats",
                  freeze_stem: bool = True):
         super().__init__()
         strides = tuple(strides)
         if len(strides) != 4 or any(s not in (1, 2) for s in strides):
             raise ValueError(f"strides must be 4 values of 1 or 2, got {strides}")
-        self.frozen_bn = frozen_bn
+        self.bn_mode = bn
+        self.detached_stages = 0
         self.conv1 = nn.Conv2d(3, 64, 7, stride=strides[0], padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
@@ -66,23 +72,28 @@ class ResNet50(nn.Module):
         self.out_channels = 2048
         self.stage_channels = (256, 512, 1024, 2048)
         self.output_stride = strides[0] * 2 * strides[1] * strides[2] * strides[3]  # the max-pool halves once more
+        apply_bn_mode(self, bn)
         if freeze_stem:
             freeze(self.conv1)
             freeze(self.bn1)
-        if frozen_bn:
-            freeze_batchnorm(self)
 
     def train(self, mode: bool = True) -> "ResNet50":
         super().train(mode)
-        if self.frozen_bn:
-            keep_batchnorm_frozen(self)
+        keep_bn_stats(self, self.bn_mode)
         return self
+
+    def detach_leading_stages(self, count: int) -> None:
+        """The stem and layer1 … layer<count> get no gradient; their output is detached (IRN: count 2)."""
+        freeze_leading_stages([self.conv1, self.bn1], [self.layer1, self.layer2, self.layer3, self.layer4], count)
+        self.detached_stages = count
 
     def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         stages = []
-        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+        for index, layer in enumerate((self.layer1, self.layer2, self.layer3, self.layer4), start=1):
             x = layer(x)
+            if index == self.detached_stages:
+                x = x.detach()
             stages.append(x)
         return stages
 
@@ -91,6 +102,6 @@ class ResNet50(nn.Module):
 
 
 @BACKBONES.register("resnet50")
-def resnet50(strides: tuple[int, int, int, int] | list[int] = (2, 2, 2, 1), frozen_bn: bool = True,
+def resnet50(strides: tuple[int, int, int, int] | list[int] = (2, 2, 2, 1), bn: str = "frozen_stats",
              freeze_stem: bool = True) -> ResNet50:
-    return ResNet50(strides=strides, frozen_bn=frozen_bn, freeze_stem=freeze_stem)
+    return ResNet50(strides=strides, bn=bn, freeze_stem=freeze_stem)

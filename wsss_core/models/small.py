@@ -1,7 +1,9 @@
 """A tiny fast CNN for CPU tests and the demo (a few thousand parameters, output stride 4 by default).
 
 GroupNorm rather than BatchNorm: per-sample normalisation trains from scratch and gives the same result
-whether a batch is split across DDP processes or not.
+whether a batch is split across DDP processes or not. It has no pretrained weights, so no stage is cut from
+the gradient by default (``DEFAULT_DETACHED_STAGES = 0``): detaching, as IRN does, keeps pretrained features;
+on a network trained from scratch it would freeze random ones.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import torch
 from torch import nn
 
 from . import BACKBONES
+from .frozen import freeze_leading_stages
 
 
 def _conv_block(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
@@ -19,6 +22,8 @@ def _conv_block(in_channels: int, out_channels: int, stride: int) -> nn.Sequenti
 
 class SmallNet(nn.Module):
     """Stages of two 3×3 conv blocks each; the first block of a stage downsamples by 2."""
+
+    DEFAULT_DETACHED_STAGES = 0
 
     def __init__(self, widths: tuple[int, ...] | list[int] = (16, 32, 64), output_stride: int = 4):
         super().__init__()
@@ -35,11 +40,19 @@ class SmallNet(nn.Module):
         self.out_channels = widths[-1]
         self.stage_channels = widths
         self.output_stride = output_stride
+        self.detached_stages = 0
+
+    def detach_leading_stages(self, count: int) -> None:
+        """The first ``count`` stages get no gradient; their output is detached."""
+        freeze_leading_stages([], list(self.stages), count)
+        self.detached_stages = count
 
     def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
         outputs = []
-        for stage in self.stages:
+        for index, stage in enumerate(self.stages, start=1):
             x = stage(x)
+            if index == self.detached_stages:
+                x = x.detach()
             outputs.append(x)
         return outputs
 

@@ -25,10 +25,23 @@ def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
-def _describe(keys: list[str]) -> str:
-    shown = ", ".join(keys[:SHOWN_KEYS])
-    more = f" (+{len(keys) - SHOWN_KEYS} more)" if len(keys) > SHOWN_KEYS else ""
-    return f"{len(keys)}: {shown}{more}"
+def describe_keys(keys: list[str], shown: int = SHOWN_KEYS) -> str:
+    listed = ", ".join(keys[:shown])
+    more = f" (+{len(keys) - shown} more)" if len(keys) > shown else ""
+    return f"{len(keys)}: {listed}{more}"
+
+
+def read_state_dict(path: str | Path, what: str = "model.pretrained: weights file",
+                    hint: str = "give a local path or null for random init") -> dict[str, torch.Tensor]:
+    """The tensors of the local checkpoint ``path`` (bare state dict or a common wrapper, 'module.' removed)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"{what} {path} not found (weights are never downloaded; {hint})")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a corrupt or foreign file
+        raise ConfigError(f"{path}: cannot read weights: {exc}") from None
+    return _unwrap(raw, path)
 
 
 def load_weights(model: nn.Module, path: str | Path) -> None:
@@ -38,14 +51,7 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     and the counts, so a wrong file (or a wrong backbone name) is obvious.
     """
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"model.pretrained: weights file {path} not found (weights are never downloaded; "
-                          "give a local path or null for random init)")
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a corrupt or foreign file
-        raise ConfigError(f"{path}: cannot read weights: {exc}") from None
-    state = {k: v for k, v in _unwrap(raw, path).items() if not k.startswith(IGNORED_PREFIXES)}
+    state = {k: v for k, v in read_state_dict(path).items() if not k.startswith(IGNORED_PREFIXES)}
     expected = model.state_dict()
     missing = sorted(k for k in expected if k not in state and not k.endswith("num_batches_tracked"))
     unexpected = sorted(k for k in state if k not in expected)
@@ -53,11 +59,11 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
                         for k in state if k in expected and state[k].shape != expected[k].shape)
     problems = []
     if missing:
-        problems.append(f"missing keys {_describe(missing)}")
+        problems.append(f"missing keys {describe_keys(missing)}")
     if unexpected:
-        problems.append(f"unexpected keys {_describe(unexpected)}")
+        problems.append(f"unexpected keys {describe_keys(unexpected)}")
     if mismatched:
-        problems.append(f"shape mismatches {_describe(mismatched)}")
+        problems.append(f"shape mismatches {describe_keys(mismatched)}")
     if problems:
         raise ConfigError(f"{path}: weights do not fit backbone {type(model).__name__}: " + "; ".join(problems))
     model.load_state_dict(state, strict=False)
