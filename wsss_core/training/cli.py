@@ -34,6 +34,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                  "<run-dir>/cams, scored over every threshold into <run-dir>/eval.")
     _common(cams)
     cams.add_argument("--run-dir", required=True, help="the training run dir")
+    cams.add_argument("--checkpoint", help="a reference's released trained weights (.pth) to run instead of a "
+                      "trained model: imported into <run-dir>/checkpoints first (with --checkpoint-format)")
+    cams.add_argument("--checkpoint-format", choices=("irn", "seam", "amn"),
+                      help="irn: IRN resnet50_cam (cam on resnet50); seam: SEAM resnet38_SEAM (seam on resnet38d); "
+                      "amn: AMN resnet50_amn (amn on resnet50)")
     cams.set_defaults(func=run_cams)
 
 
@@ -54,11 +59,17 @@ def run_cams(args: argparse.Namespace) -> int:
 
     run_dir = Path(args.run_dir)
     config = args.config
-    if config is None:
-        config = run_dir / "config.yaml"  # the resolved config `wsss train` wrote
-        if not config.is_file():
-            raise ConfigError(f"{run_dir}: no config.yaml; pass the run's CONFIG or train into this run dir first")
-    cfg = load_run_config(config, args.overrides)
+    if args.checkpoint or args.checkpoint_format:  # a reference's released weights instead of a trained run
+        from .reference_import import import_reference_run
+
+        cfg = import_reference_run(args.checkpoint, args.checkpoint_format, run_dir, config, args.overrides)
+    else:
+        if config is None:
+            config = run_dir / "config.yaml"  # the resolved config `wsss train` wrote
+            if not config.is_file():
+                raise ConfigError(f"{run_dir}: no config.yaml; pass the run's CONFIG or train into this run dir "
+                                  "first")
+        cfg = load_run_config(config, args.overrides)
     summary = launch_local("make_cams", cfg, run_dir, args.nproc)
     print(json.dumps(summary, indent=2))
     return 0
