@@ -30,7 +30,8 @@ from torch import nn
 from ..errors import ConfigError, TrainingError
 from ..evaluation.crf import CrfParams
 from . import BASELINES
-from .base import Baseline, CamResult, CamSite, ParamGroup, TrainOutput
+from .base import (Baseline, CamResult, CamSite, CamUpsample, ParamGroup, ScaledInputs, TrainOutput,
+                   as_scaled_inputs)
 
 IGNORE = 255
 
@@ -177,6 +178,7 @@ class AmnBaseline(Baseline):
     # An AMN trial's add-ons are those of its chain: a pooling add-on (importance sampling) goes to the CAM
     # stage, whose GAP it replaces; the AMN network itself never pools (see training/amn_stages.py).
     uses_pooling = True
+    cam_upsampling = "direct"  # make_amn_cam upsamples each scale's logits straight to H x W
 
     def __init__(self, num_classes: int, backbone: nn.Module, options: AmnOptions | None = None):
         super().__init__(num_classes, backbone, options)
@@ -234,26 +236,35 @@ class AmnBaseline(Baseline):
         return self.logits(image, label)[:, 1:]
 
     @torch.no_grad()
-    def averaged_logits(self, image: torch.Tensor, label: torch.Tensor, scales: Sequence[float],
-                        flip: bool) -> torch.Tensor:
-        """(C+1) × H × W logits averaged over scales × flip, each upsampled to image size."""
-        height, width = image.shape[-2:]
-        total = image.new_zeros((self.num_classes + 1, height, width), dtype=torch.float32)
-        for scale in scales:
-            size = (max(1, round(height * scale)), max(1, round(width * scale)))
-            scaled = image if scale == 1.0 else F.interpolate(image, size=size, mode="bilinear",
-                                                               align_corners=False)
-            batch = torch.cat([scaled, scaled.flip(-1)]) if flip else scaled
-            logits = self.logits(batch, label[None].expand(len(batch), -1)).float()
-            logits = (logits[0] + logits[1].flip(-1)) / 2 if flip else logits[0]
-            total += F.interpolate(logits[None], size=(height, width), mode="bilinear", align_corners=False)[0]
-        return total / len(scales)
+    def averaged_logits(self, image: torch.Tensor | ScaledInputs, label: torch.Tensor, scales: Sequence[float],
+                        flip: bool, *, upsample: CamUpsample = "reference") -> torch.Tensor:
+        """(C+1) x H x W logits of one image averaged over scales x flip, each upsampled to image size."""
+        return self.batch_logits(as_scaled_inputs(image, scales), label[None], flip, upsample)[0]
 
     @torch.no_grad()
-    def multiscale_cams(self, image: torch.Tensor, label: torch.Tensor, scales: Sequence[float],
-                        flip: bool, seed: torch.Tensor | None = None) -> CamResult:
-        """AMN activation maps of one image; ``seed`` (H × W) is its CAM-stage seed label (without one,
-        every pixel takes the normalised value)."""
-        keys = torch.nonzero(label > 0.5).flatten().tolist()
-        maps = activation_maps(self.averaged_logits(image, label, scales, flip), keys, seed)
-        return CamResult(keys, maps[1:], bg=maps[0])
+    def batch_logits(self, inputs: ScaledInputs, labels: torch.Tensor, flip: bool,
+                     upsample: CamUpsample = "reference") -> torch.Tensor:
+        """N x (C+1) x H x W logits of same-size images, averaged over scales x flip (make_amn_cam)."""
+        total = self.summed_maps(inputs, labels, flip, upsample, scale_maps=self.logits)
+        return total / (len(inputs.levels) * (2 if flip else 1))
+
+    @torch.no_grad()
+    def batch_cams(self, inputs: ScaledInputs, labels: torch.Tensor, flip: bool, upsample: CamUpsample = "reference",
+                   seeds: torch.Tensor | None = None) -> list[CamResult]:
+        """AMN activation maps of same-size images; ``seeds`` (N x H x W) are their CAM-stage seed labels
+        (without them, every pixel takes the normalised value)."""
+        results = []
+        for index, (logits, label) in enumerate(zip(self.batch_logits(inputs, labels, flip, upsample), labels)):
+            keys = torch.nonzero(label > 0.5).flatten().tolist()
+            maps = activation_maps(logits, keys, None if seeds is None else seeds[index])
+            results.append(CamResult(keys, maps[1:], bg=maps[0]))
+        return results
+
+    @torch.no_grad()
+    def multiscale_cams(self, image: torch.Tensor | ScaledInputs, label: torch.Tensor, scales: Sequence[float],
+                        flip: bool, seed: torch.Tensor | None = None, *,
+                        upsample: CamUpsample = "reference") -> CamResult:
+        """AMN activation maps of one image (see :meth:`Baseline.multiscale_cams` for ``image``); ``seed``
+        (H x W) is its CAM-stage seed label."""
+        return self.batch_cams(as_scaled_inputs(image, scales), label[None], flip, upsample,
+                               seeds=None if seed is None else seed[None])[0]

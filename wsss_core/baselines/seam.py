@@ -107,6 +107,7 @@ def released_min_max(summed: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
 @BASELINES.register("seam")
 class SeamBaseline(Baseline):
     Options = SeamOptions
+    cam_upsampling = "direct"  # infer_SEAM.py upsamples each scale's map straight to H x W
 
     def __init__(self, num_classes: int, backbone: nn.Module, options: SeamOptions | None = None):
         super().__init__(num_classes, backbone, options)

@@ -104,10 +104,19 @@ class CamsConfig:
     split: str = "train"  # the split CAMs are made for and scored on
     scales: tuple[float, ...] = (1.0, 0.5, 1.5, 2.0)
     flip: bool = True
+    # Each scale's input: pil_bicubic = the references (uint8 image resized with PIL bicubic, then normalised);
+    # tensor_bilinear = the normalised image resized bilinearly as a tensor.
+    resize: Literal["pil_bicubic", "tensor_bilinear"] = "pil_bicubic"
+    # Each scale's maps to image size: reference = the baseline's reference rule (CAM: IRN's stride-aligned
+    # upsample then crop; SEAM, AMN: straight to H x W); direct = straight to H x W for every baseline.
+    upsample: Literal["reference", "direct"] = "reference"
+    batch_size: int = 4  # same-size images per forward (with their flips); results equal to one at a time
 
     def validate(self, where: str) -> None:
         if not self.scales or any(s <= 0 for s in self.scales):
             raise ConfigError(f"{where}.scales: need positive scales, got {list(self.scales)}")
+        if self.batch_size < 1:
+            raise ConfigError(f"{where}.batch_size: must be at least 1, got {self.batch_size}")
 
 
 @dataclass
@@ -146,7 +155,8 @@ class RunConfig:
 
 
 # Settings that never change a stage's output (bookkeeping), left out of its key.
-NON_RESULT_KEYS = {"data": ("num_workers",), "train": ("checkpoint_every", "log_every"), "eval": ("workers",)}
+NON_RESULT_KEYS = {"data": ("num_workers",), "train": ("checkpoint_every", "log_every"), "cams": ("batch_size",),
+                   "eval": ("workers",)}
 STAGE_SLICES = {"train": ("data", "model", "addons", "optim", "train"), "cams": ("cams",), "eval": ("eval",)}
 STAGE_ORDER = ("train", "cams", "eval")
 
