@@ -3,6 +3,10 @@
 Each module listed in ``COMMAND_MODULES`` exposes ``register(subparsers)``, which adds its
 subcommand(s) and sets ``func`` on the parsed namespace. User errors (:class:`WsssError`) are
 printed as one line and exit with status 2; anything else is a bug and keeps its traceback.
+
+Building the parser imports every command module, so those modules import only the standard library at
+their top; torch, numpy, mlflow, ray, pandas… are imported inside the command functions, where they are
+used (``wsss --help`` in about the time of a bare interpreter; tests/test_cli_startup.py pins it).
 """
 
 from __future__ import annotations
