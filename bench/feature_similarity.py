@@ -1,10 +1,15 @@
-"""Feature similarity loss: time and peak memory of the windowed form vs the all-pairs form.
+"""Feature similarity loss: cost and accuracy of each form against HFPL's untruncated all-pairs loss.
 
-    .venv/bin/python bench/feature_similarity.py [--grids 56 128] [--classes 21] [--repeats 3]
+    .venv/bin/python bench/feature_similarity.py [--grids 24 32 56 128] [--batch 2] [--classes 4]
 
-Forward + backward of one image's loss (N=1, C+1 channels, σ = 5, window radius ceil(3σ) = 15).
-Peak memory is the CPU allocator's peak measured with torch's profiler. All-pairs is skipped (and
-said so) when its estimated working set exceeds --max-all-pairs-gb.
+Per CAM grid, side by side in one run: forward + backward of the loss (binomial targets, σ = 5, μ = 2.5)
+for each form and radius; wall and process-CPU seconds (medians), the CPU allocator's peak (torch
+profiler), and the relative difference from the untruncated loss in value and in gradient
+(‖Δg‖ / ‖g‖ over the logits) on two inputs: i.i.d. random logits, and smooth CAM-like logits (random
+logits on an 8× coarser grid, upsampled) where far pairs differ more than near ones. The image is
+noisy and random: a few random colour regions plus Gaussian noise, at 8× the grid, so the resize to
+the grid is part of the loss. The reference is the blocked form without radius (every pair), checked
+against the materialised all-pairs form where that fits in --max-all-pairs-gb.
 """
 
 from __future__ import annotations
@@ -14,9 +19,11 @@ import statistics
 import time
 
 import torch
+import torch.nn.functional as F
 
-from wsss_core.addons.feature_similarity import (FeatureSimilarityParams, binomial_targets, fsl_all_pairs,
-                                                 fsl_windowed)
+from wsss_core.addons.feature_similarity import FeatureSimilarityParams, feature_similarity_loss
+
+SIGMA = FeatureSimilarityParams().sigma
 
 
 def peak_bytes(fn) -> int:
@@ -30,49 +37,82 @@ def peak_bytes(fn) -> int:
     return peak
 
 
-def run_once(form: str, grid: int, classes: int, radius: int) -> None:
-    z = torch.randn(1, classes, grid, grid, requires_grad=True)
-    label = torch.zeros(1, classes)
-    label[0, :3] = 1
-    rgb = torch.rand(1, 3, grid, grid)
-    y = binomial_targets(z, label)
-    if form == "windowed":
-        loss = fsl_windowed(y, rgb, 2.5, 5.0, radius, 1e-5)
-    else:
-        loss = fsl_all_pairs(y, rgb, 2.5, 5.0, radius, 1e-5)
+def noisy_image(n: int, size: int, gen: torch.Generator) -> torch.Tensor:
+    regions = F.interpolate(torch.rand(n, 3, 5, 5, generator=gen), size=(size, size), mode="nearest")
+    return (regions + 0.1 * torch.randn(n, 3, size, size, generator=gen)).clamp(0.0, 1.0)
+
+
+def inputs(n: int, classes: int, grid: int, seed: int) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(seed)
+    label = (torch.rand(n, classes, generator=gen) < 0.5).float()
+    label[:, 0] = 1.0
+    image = noisy_image(n, 8 * grid, gen)
+    iid = 3.0 * torch.randn(n, classes, grid, grid, generator=gen)
+    coarse = 3.0 * torch.randn(n, classes, max(2, grid // 8), max(2, grid // 8), generator=gen)
+    smooth = F.interpolate(coarse, size=(grid, grid), mode="bilinear", align_corners=False)
+    return {"iid": (iid, label, image), "smooth": (smooth, label, image)}
+
+
+def loss_and_grad(params: FeatureSimilarityParams, logits, label, image) -> tuple[float, torch.Tensor]:
+    z = logits.clone().requires_grad_(True)
+    loss = feature_similarity_loss(z, label, image, params, "binomial")
     loss.backward()
+    return loss.item(), z.grad
 
 
-def all_pairs_gb(grid: int) -> float:
-    # ~8 live (hw)² float32 tensors (distances, kernel, d_y, d_x, ψ and their grads)
-    return 8 * (grid * grid) ** 2 * 4 / 2 ** 30
+def all_pairs_gb(n: int, grid: int) -> float:
+    # ~8 live N × (hw)² float32 tensors (kernel, d_y, d_x, ψ, their products and grads)
+    return 8 * n * (grid * grid) ** 2 * 4 / 2 ** 30
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--grids", type=int, nargs="+", default=[56, 128])
-    parser.add_argument("--classes", type=int, default=20, help="foreground classes (C); y has C+1 channels")
+    parser.add_argument("--grids", type=int, nargs="+", default=[24, 32, 56, 128])
+    parser.add_argument("--batch", type=int, default=2, help="images N")
+    parser.add_argument("--classes", type=int, default=4, help="foreground classes C; y has C+1 channels")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--max-all-pairs-gb", type=float, default=6.0)
+    parser.add_argument("--truncate", type=float, nargs="+", default=[3.0, 4.0, 5.0],
+                        help="truncation radii to try, in units of σ (the truncate setting)")
+    parser.add_argument("--max-all-pairs-gb", type=float, default=4.0)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    radius = FeatureSimilarityParams().window_radius()
-    print(f"threads {args.threads}, C {args.classes}, sigma 5, radius {radius}, forward+backward, N=1")
-    print(f"{'grid':>8} {'form':>10} {'median s':>10} {'peak MiB':>10}")
+    print(f"threads {args.threads}, N {args.batch}, C {args.classes}, sigma {SIGMA:g}, forward+backward")
+    print(f"{'grid':>7} {'form':>9} {'radius':>8} {'wall s':>7} {'cpu s':>7} {'peak MiB':>9} "
+          f"{'value iid':>9} {'grad iid':>9} {'value smooth':>12} {'grad smooth':>11}")
     for grid in args.grids:
-        for form in ("windowed", "all_pairs"):
-            if form == "all_pairs" and all_pairs_gb(grid) > args.max_all_pairs_gb:
-                print(f"{grid}x{grid:<4} {form:>10}   skipped: needs ~{all_pairs_gb(grid):.0f} GiB "
-                      f"(> --max-all-pairs-gb {args.max_all_pairs_gb:g})")
-                continue
-            times = []
+        data = inputs(args.batch, args.classes, grid, seed=grid)
+        exact = FeatureSimilarityParams(form="blocked", truncate=None)
+        reference = {name: loss_and_grad(exact, *tensors) for name, tensors in data.items()}
+        variants = []
+        if all_pairs_gb(args.batch, grid) <= args.max_all_pairs_gb:
+            variants.append(FeatureSimilarityParams(form="all_pairs", truncate=None))
+        else:
+            print(f"{grid}x{grid:<4} all_pairs   skipped: needs ~{all_pairs_gb(args.batch, grid):.0f} GiB "
+                  f"(> --max-all-pairs-gb {args.max_all_pairs_gb:g})")
+        variants.append(exact)
+        for form in ("blocked", "windowed"):
+            for k in args.truncate:
+                if form == "blocked" and k * SIGMA >= grid - 1:
+                    continue  # the radius covers every row: the same blocks as without one
+                variants.append(FeatureSimilarityParams(form=form, truncate=k))
+        for params in variants:
+            walls, cpus = [], []
             for _ in range(args.repeats):
-                start = time.perf_counter()
-                run_once(form, grid, args.classes, radius)
-                times.append(time.perf_counter() - start)
-            peak = peak_bytes(lambda: run_once(form, grid, args.classes, radius))
-            print(f"{grid}x{grid:<4} {form:>10} {statistics.median(times):>10.3f} {peak / 2 ** 20:>10.1f}")
+                wall, cpu = time.perf_counter(), time.process_time()
+                loss_and_grad(params, *data["iid"])
+                walls.append(time.perf_counter() - wall)
+                cpus.append(time.process_time() - cpu)
+            peak = peak_bytes(lambda: loss_and_grad(params, *data["iid"]))
+            errors = []
+            for name, tensors in data.items():
+                value, grad = loss_and_grad(params, *tensors)
+                ref_value, ref_grad = reference[name]
+                errors += [abs(value - ref_value) / abs(ref_value), ((grad - ref_grad).norm() / ref_grad.norm()).item()]
+            radius = "all" if params.truncate is None else f"{params.truncate:g}σ={params.radius():g}"
+            print(f"{grid}x{grid:<4} {params.form:>9} {radius:>8} {statistics.median(walls):>7.3f} "
+                  f"{statistics.median(cpus):>7.3f} {peak / 2 ** 20:>9.1f} {errors[0]:>9.1e} {errors[1]:>9.1e} "
+                  f"{errors[2]:>12.1e} {errors[3]:>11.1e}", flush=True)
 
 
 if __name__ == "__main__":

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from wsss_core.addons.feature_similarity import (FeatureSimilarityParams, feature_similarity_loss, fsl_all_pairs,
-                                                 fsl_windowed, binomial_targets, multinomial_targets)
+from wsss_core.addons.feature_similarity import FeatureSimilarityParams, feature_similarity_loss
 from wsss_core.addons.importance_sampling import (ImportanceSampling, ImportanceSamplingParams, draw_pixels,
                                                   importance_sampling_loss, sampling_posterior)
 from wsss_core.baselines import BASELINES, Baseline, CamSite, TrainOutput
@@ -105,57 +104,7 @@ def test_importance_sampling_stream_is_seeded_and_restorable():
     assert fresh.classification()(z, label)["cls_is"].item() == first.item()
 
 
-# --- feature similarity ----------------------------------------------------------------------------
-
-def fsl_by_hand(z: np.ndarray, label: np.ndarray, rgb: np.ndarray, posterior: str, mu=2.5, sigma=5.0,
-                eps=1e-5) -> float:
-    """The formula of the methods notes, pair by pair, for one image (C × h × w logits)."""
-    c, h, w = z.shape
-    if posterior == "binomial":
-        p = np.maximum(z, 0)
-        fg = np.stack([(p[k] - p[k].min()) / (p[k].max() - p[k].min() + 1e-5) * label[k] for k in range(c)])
-        y = np.concatenate([1 - fg.max(axis=0, keepdims=True), fg])
-    else:
-        logits = [np.zeros((h, w))] + [z[k] if label[k] else np.full((h, w), -np.inf) for k in range(c)]
-        e = np.exp(np.stack(logits))
-        y = e / e.sum(axis=0, keepdims=True)
-    cells = [(r, q) for r in range(h) for q in range(w)]
-    total = 0.0
-    for ri, ci in cells:
-        for rj, cj in cells:
-            d_x = np.clip(np.abs(rgb[:, ri, ci] - rgb[:, rj, cj]).sum() / 3, eps, 1 - eps)
-            psi = math.tanh(mu + math.log(d_x / (1 - d_x)))
-            d_y = 0.5 * ((y[:, ri, ci] - y[:, rj, cj]) ** 2).sum()
-            k = math.exp(-((ri - rj) ** 2 + (ci - cj) ** 2) / (2 * sigma ** 2))
-            total += k * d_y * psi
-    return -total / (h * w)
-
-
-@pytest.mark.parametrize("posterior", ["binomial", "multinomial"])
-@pytest.mark.parametrize("form", ["windowed", "all_pairs"])
-def test_feature_similarity_loss_by_hand(posterior, form):
-    z = np.array([[[2.0, -1.0], [0.5, 3.0]], [[1.0, 1.0], [-2.0, 0.0]], [[0.3, -0.7], [1.5, 2.5]]])
-    label = np.array([1.0, 0.0, 1.0])
-    rgb = np.array([[[0.9, 0.1], [0.8, 0.85]], [[0.2, 0.3], [0.25, 0.2]], [[0.1, 0.9], [0.15, 0.1]]])
-    params = FeatureSimilarityParams(form=form, sigma=1.5)
-    got = feature_similarity_loss(torch.tensor(z[None]), torch.tensor(label[None]), torch.tensor(rgb[None]),
-                                  params, posterior)
-    assert got.item() == pytest.approx(fsl_by_hand(z, label, rgb, posterior, sigma=1.5), rel=1e-5)
-
-
-@pytest.mark.parametrize("radius", [2, 3, None])
-def test_windowed_form_equals_all_pairs(radius):
-    gen = torch.Generator().manual_seed(0)
-    z = torch.randn(2, 4, 12, 10, generator=gen)
-    label = torch.tensor([[1.0, 0, 1, 1], [0, 1, 0, 0]])
-    rgb = torch.rand(2, 3, 12, 10, generator=gen)
-    for targets in (binomial_targets, multinomial_targets):
-        y = targets(z, label)
-        reference = fsl_all_pairs(y, rgb, 2.5, 5.0, radius, 1e-5)
-        # radius None: the window must cover the whole grid to match the untruncated kernel
-        windowed = fsl_windowed(y, rgb, 2.5, 5.0, radius if radius is not None else 12, 1e-5)
-        assert windowed.item() == pytest.approx(reference.item(), rel=1e-4)
-
+# --- feature similarity (its values against HFPL's formula: tests/test_fsl_fidelity.py) ----------------
 
 def test_feature_similarity_prefers_maps_that_follow_colour_edges():
     rgb = torch.zeros(1, 3, 8, 8)
@@ -219,17 +168,3 @@ def test_config_refuses_pooling_addon_on_a_baseline_without_pooling_and_two_pool
     assert set(terms) == {"pcl", "fsl"}
     with pytest.raises(ConfigError, match="more than once"):
         load_run_config(None, ["addons=[{name: feature_similarity}, {name: feature_similarity}]"])
-
-
-def test_windowed_gradient_equals_all_pairs_gradient():
-    gen = torch.Generator().manual_seed(3)
-    z = torch.randn(2, 3, 7, 9, generator=gen, dtype=torch.float64)
-    label = torch.tensor([[1.0, 0, 1], [0, 1, 1]], dtype=torch.float64)
-    rgb = torch.rand(2, 3, 7, 9, generator=gen, dtype=torch.float64)
-    grads = []
-    for form in ("windowed", "all_pairs"):
-        logits = z.clone().requires_grad_(True)
-        params = FeatureSimilarityParams(form=form, sigma=1.5, radius=3)
-        feature_similarity_loss(logits, label, rgb, params, "binomial").backward()
-        grads.append(logits.grad)
-    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
