@@ -41,11 +41,11 @@ def sweep_name(spec: str) -> str:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from wsss_core.tracking.store import default_workdir
+    from wsss_core.pipeline.layout import resolve_workdir
 
     from .report import build_report
 
-    workdir = args.workdir or default_workdir()
+    workdir = resolve_workdir(args.workdir)
     name = sweep_name(args.sweep)
     report = build_report(name, workdir, source=args.source, tracking_uri=args.tracking_uri,
                           fixed_threshold=args.fixed_threshold, out_dir=args.out)

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from wsss_core.errors import WsssError
+from wsss_core.pipeline import layout
 
 SCORES = ("best_miou", "best_threshold", "fixed_miou", "robust_mean_miou", "robust_width",
           "contour_f_best", "contour_precision_best", "contour_recall_best",
@@ -46,10 +47,6 @@ def _warn(message: str) -> None:
 
 # -- from trial records -------------------------------------------------------------------------------
 
-def trials_dir(workdir: str | Path, sweep_name: str) -> Path:
-    return Path(workdir) / "sweeps" / sweep_name / "trials"
-
-
 def scores_from_eval(result: dict, fixed_threshold: float, where: str) -> dict[str, Any]:
     """The report's numbers of one eval.json."""
     best = result.get("best") or {}
@@ -73,7 +70,7 @@ def scores_from_eval(result: dict, fixed_threshold: float, where: str) -> dict[s
 
 def trials_from_records(sweep_name: str, workdir: str | Path, fixed_threshold: float = 0.25) -> pd.DataFrame:
     """Finished trials of ``sweep_name`` from ``<workdir>/sweeps/<sweep>/trials/*.json`` and their eval.json."""
-    folder = trials_dir(workdir, sweep_name)
+    folder = layout.trials_dir(Path(workdir), sweep_name)
     paths = sorted(folder.glob("*.json"))
     if not paths:
         raise ReportError(f"{folder}: no trial records; run the sweep first, or check --workdir and the sweep "

@@ -15,9 +15,9 @@ import torch
 
 from wsss_core.config import load_yaml
 from wsss_core.data.synth import generate_synthetic_voc
-from wsss_core.evaluation import evaluate_cams
-from wsss_core.training import make_cams, train
-from wsss_core.training.amn_stages import run_amn_chain
+from wsss_core.pipeline import plan_trial, run_trial
+from wsss_core.pipeline.runner import eval_json
+from wsss_core.pipeline.stages.evaluate import score_cam_store
 from wsss_core.training.config import run_config_from_dict
 
 ADDONS = {
@@ -66,15 +66,13 @@ def main() -> None:
                 base["train"]["seed"] = seed
                 cfg = run_config_from_dict(base, name)
                 tick = time.perf_counter()
-                if baseline == "amn":
-                    stages = run_amn_chain(cfg, out / "amn_chain")
-                    entry = {"cam_stage": scores(json.loads(Path(stages["cam_eval"]["eval_json"]).read_text())),
-                             **scores(json.loads(Path(stages["amn_eval"]["eval_json"]).read_text()))}
-                else:
-                    run_dir = out / name
-                    train(cfg, run_dir)
-                    make_cams(cfg, run_dir, evaluate=False)
-                    entry = scores(evaluate_cams(run_dir / "cams", root, "train", thresholds=THRESHOLDS))
+                trial = plan_trial(cfg, out / "work", sweep="exp")  # every baseline through the one runner
+                run_trial(trial)
+                entry = scores(json.loads(Path(eval_json(trial)).read_text()))
+                if baseline == "amn":  # the robustness comparison: the CAM stage's CAMs scored alike
+                    cam_store = Path(trial.stage("amn_cam_cams").dir) / "cams"
+                    cam_eval = score_cam_store(cfg, cam_store, out / "cam_stage_eval" / name)
+                    entry = {"cam_stage": scores(json.loads(Path(cam_eval["eval_json"]).read_text())), **entry}
                 entry["seconds"] = time.perf_counter() - tick
                 results[name] = entry
                 results_path.write_text(json.dumps(results, indent=1))

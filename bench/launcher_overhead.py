@@ -20,11 +20,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # tests/sweep_files.py: the tiny sweeps
 
-from launchers import state  # noqa: E402
 from launchers.spec import load_sweep  # noqa: E402
 from launchers.submit import SubmitOptions, run_sweep  # noqa: E402
-from launchers.testing import tiny_sweep, write_sweep  # noqa: E402
+from sweep_files import tiny_sweep, write_sweep  # noqa: E402
+from wsss_core.pipeline import layout  # noqa: E402
 
 
 def one(launcher: str, procs: int, root: Path, index: int, address: str | None) -> dict:
@@ -43,7 +44,7 @@ def one(launcher: str, procs: int, root: Path, index: int, address: str | None) 
     (record,) = outcome.records
     if record.get("state") != "finished":
         raise SystemExit(f"{launcher} trial failed: {record.get('error')}")
-    durations = {n: state.read_stage(Path(s["dir"]))["duration_s"] for n, s in record["stages"].items()}
+    durations = {n: layout.read_stage(Path(s["dir"]))["duration_s"] for n, s in record["stages"].items()}
     compute = sum(durations.values())
     return {"wall": wall, "compute": compute, "overhead": wall - compute, "train": durations["train"]}
 

@@ -21,11 +21,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # tests/sweep_files.py: the tiny sweeps
 
 from launchers.plan import format_plan, plan_sweep  # noqa: E402
 from launchers.spec import load_sweep  # noqa: E402
 from launchers.submit import SubmitOptions, claim_trials, write_trial_spec  # noqa: E402
-from launchers.testing import tiny_sweep, write_sweep  # noqa: E402
+from sweep_files import tiny_sweep, write_sweep  # noqa: E402
 
 ADDONS = {"none": [], "is_b": [{"name": "importance_sampling"}], "fs_b": [{"name": "feature_similarity"}],
           "is_m": [{"name": "importance_sampling", "posterior": "multinomial"}],

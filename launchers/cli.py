@@ -57,12 +57,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def cmd_plan(args: argparse.Namespace) -> int:
     from .plan import format_plan, plan_sweep
     from .spec import load_sweep
-    from .submit import launcher_module
+    from .backend import get_backend
 
     spec = load_sweep(args.file, args.overrides)
     plan = plan_sweep(spec, args.workdir)
     if args.launcher:
-        launcher_module(args.launcher).check_resources(spec, plan, None)
+        get_backend(args.launcher).check_resources(spec, plan, None)
     print(format_plan(plan, verbose=not args.brief))
     return 0
 
@@ -78,7 +78,8 @@ def options_from_args(args: argparse.Namespace, default_launcher: str) -> Submit
 def run_and_summarise(args: argparse.Namespace, file: str) -> tuple[Any, Any]:
     """Load, run and summarise a sweep (`wsss sweep run`, `wsss demo`); failures go to stderr."""
     from .spec import load_sweep
-    from .submit import format_status, run_sweep, summary_line
+    from .records import format_status
+    from .submit import run_sweep, summary_line
 
     spec = load_sweep(file, args.overrides)
     outcome = run_sweep(spec, args.workdir, options_from_args(args, spec.launcher.default))
@@ -94,17 +95,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from . import state
-    from .plan import plan_sweep, resolve_workdir
+    from wsss_core.pipeline import layout
+
+    from .plan import plan_sweep
+    from .records import format_status
     from .spec import load_sweep
-    from .submit import format_status
 
     spec = load_sweep(args.file, args.overrides)
-    workdir = resolve_workdir(args.workdir)
-    plan = plan_sweep(spec, workdir)
+    plan = plan_sweep(spec, args.workdir)
     records = []
     for trial in plan.trials:
-        record = state.read_trial(trial.record_path)
+        record = layout.read_trial(trial.record_path)
         if record is None:
             record = {"trial_id": trial.trial_id, "state": "pending"}
         records.append(record)

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import state
-from .plan import SweepPlan, TrialSpec
+from wsss_core.pipeline import TrialSpec, layout
+
+from .plan import SweepPlan
 from .spec import Resources, SweepSpec, check_local_resources, machine_cores, machine_memory_gb
 from .submit import SubmitOptions, write_trial_spec
 
@@ -58,7 +59,7 @@ def _start(trial: TrialSpec, gpus: list[int]) -> _Group:
     """Start the trial's ranks; ``gpus``: the devices it was given (one per rank), empty on CPU."""
     res = Resources(**trial.resources)
     spec_path = write_trial_spec(trial)
-    log_dir = state.sweep_dir(Path(trial.workdir), trial.sweep) / "logs"
+    log_dir = layout.sweep_dir(Path(trial.workdir), trial.sweep) / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     port = _free_port()
     group = _Group(trial, gpus=list(gpus))
@@ -160,3 +161,7 @@ def launch(spec: SweepSpec, plan: SweepPlan, trials: list[TrialSpec], opts: Subm
                     proc.kill()
         raise
     return errors
+
+
+def release() -> None:
+    """Nothing to let go of (the backend interface, launchers.backend)."""

@@ -1,84 +1,26 @@
-"""A sweep → trials → stages with content-addressed keys, and what is already done.
+"""A sweep → trials → keyed stages, and what is already done.
 
-One trial per combination of the trial axes (baseline × add-on setting × seed × other keys); the
-threshold grid is an evaluation setting, so it never multiplies trainings: B × A × S trials make
-B × A × S trainings, B × A × S CAM stages and one one-pass evaluation each. A stage's key is the hash of
-the config slice it depends on and of its inputs' keys, so equal settings share one stage folder
-(``<workdir>/stages/<stage>/<key>/``) across trials and sweeps, and a finished one is reused.
+One trial per combination of the trial axes (baseline × add-on setting × seed × other keys), each planned
+by :func:`wsss_core.pipeline.plan_trial` (its baseline's chain, keyed). The threshold grid is an
+evaluation setting, so it never multiplies trainings: B × A × S trials make B × A × S trainings,
+B × A × S CAM stages and one one-pass evaluation each. Equal settings share one stage folder across
+trials and sweeps, and a finished one is reused.
 """
 
 from __future__ import annotations
 
-import os
 import statistics
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from wsss_core.config import stable_hash, to_dict
+from wsss_core.config import to_dict
 from wsss_core.errors import ConfigError
+from wsss_core.pipeline import TrialSpec, find_stage, plan_trial
+from wsss_core.pipeline import layout
 
-from . import state
 from .spec import Resources, SweepSpec, describe, validate_trials
-from .stages import PREVIOUS, STAGES, pipeline
-
-WORKDIR_ENV = "WSSS_WORKDIR"
-
-
-def resolve_workdir(workdir: str | Path | None) -> Path:
-    """--workdir, else $WSSS_WORKDIR, else ./runs (absolute, so trial processes agree on it)."""
-    chosen = workdir or os.environ.get(WORKDIR_ENV) or "runs"
-    return Path(chosen).expanduser().resolve()
-
-
-@dataclass
-class StageSpec:
-    name: str
-    key: str
-    dir: str
-    inputs: dict[str, str]  # upstream stage name -> key
-    distributed: bool
-
-
-@dataclass
-class TrialSpec:
-    """Everything a trial process needs (picklable): its config, stages, where to record."""
-
-    trial_id: str
-    index: int
-    sweep: str
-    workdir: str
-    axes: dict[str, Any]  # axis name -> value label
-    baseline: str
-    addons_label: str | None
-    addons: list[str]
-    posterior: str | None
-    seed: int
-    config: dict[str, Any]  # plain run config, data root resolved
-    resources: dict[str, Any]
-    stages: list[StageSpec]
-    synthetic: dict[str, Any] | None = None
-    faults: list[dict[str, Any]] = field(default_factory=list)
-    launcher: str = "local"
-    job_id: str | None = None
-    tracking: Any = None  # wsss_core.tracking TrackingContext, or None
-    tags: dict[str, str] = field(default_factory=dict)
-    owner: dict[str, Any] | None = None  # who answers for the trial while it runs (None: its rank-0 process)
-
-    @property
-    def world_size(self) -> int:
-        return Resources(**self.resources).world_size
-
-    @property
-    def record_path(self) -> Path:
-        return state.trial_path(Path(self.workdir), self.sweep, self.trial_id)
-
-    def has_stage(self, name: str) -> bool:
-        return any(s.name == name for s in self.stages)
-
-    def stage(self, name: str) -> StageSpec:
-        return next(s for s in self.stages if s.name == name)
 
 
 @dataclass
@@ -93,10 +35,10 @@ class SweepPlan:
         seen: dict[str, dict[str, str]] = {}
         for trial in self.trials:
             for stage in trial.stages:
-                seen.setdefault(STAGES.get(stage.name).store_name, {})[stage.key] = stage.dir
+                seen.setdefault(find_stage(stage.name).store_name, {})[stage.key] = stage.dir
         out = {}
         for name, keys in seen.items():
-            states = Counter(state.stage_state(Path(d)) for d in keys.values())
+            states = Counter(layout.stage_state(Path(d)) for d in keys.values())
             out[name] = {"unique": len(keys), "finished": states["finished"], "running": states["running"],
                          "failed": states["failed"], "to_run": len(keys) - states["finished"] - states["running"]}
         return out
@@ -109,61 +51,32 @@ def _posterior(entries: list[dict[str, Any]]) -> str | None:
     return kinds.pop() if len(kinds) == 1 else "mixed"
 
 
-def _stage_keys(cfg: Any, chain: tuple[str, ...], extras: dict[str, Any]) -> list[tuple[str, str, dict[str, str]]]:
-    keys: dict[str, str] = {}
-    out = []
-    for position, name in enumerate(chain):
-        defn = STAGES.get(name)
-        wanted = [chain[position - 1] if i == PREVIOUS and position > 0 else i for i in defn.inputs]
-        inputs = {i: keys[i] for i in wanted if i in keys}
-        if defn.inputs and not inputs and position > 0:
-            # A longer chain (e.g. AMN's): a stage takes the output of the stage before it.
-            inputs = {chain[position - 1]: keys[chain[position - 1]]}
-        key = stable_hash({"stage": defn.store_name, "config": defn.key_slice(cfg, extras), "inputs": inputs})
-        keys[name] = key
-        out.append((name, key, inputs))
-    return out
-
-
 def plan_sweep(spec: SweepSpec, workdir: str | Path | None = None) -> SweepPlan:
     """Expand ``spec`` into trials and keyed stages under ``workdir`` (nothing is written)."""
-    from wsss_core.training.config import run_config_from_dict
-
-    workdir = resolve_workdir(workdir)
+    workdir = layout.resolve_workdir(workdir)
+    layout.check_workdir(workdir)
     synthetic = to_dict(spec.synthetic_data) if spec.synthetic_data is not None else None
     faults = [to_dict(f) for f in spec.faults]
     trials: list[TrialSpec] = []
     by_id: dict[str, TrialSpec] = {}
     duplicates = []
     for combo, cfg, resources in validate_trials(spec):
-        extras = {"synthetic": synthetic, "world_size": resources.world_size}
-        chain = pipeline(cfg.model.baseline, synthetic is not None)
-        keyed = _stage_keys(cfg, chain, extras)
-        stages = [StageSpec(name, key, str(state.stage_dir(workdir, STAGES.get(name).store_name, key)), inputs,
-                          STAGES.get(name).distributed) for name, key, inputs in keyed]
-        plain = to_dict(cfg)
-        if synthetic is not None:
-            plain["data"]["root"] = str(Path(stages[0].dir) / "voc")
-        else:
-            plain["data"]["root"] = str(Path(plain["data"]["root"]).expanduser().resolve())
-        run_config_from_dict(plain, f"{spec.path}: trial {describe(combo)}")  # still valid once resolved
-        identity = [s.key for s in stages if not STAGES.get(s.name).evaluation_only]
         addons_label = combo["addons"].label if "addons" in combo else None
-        readable = "-".join([cfg.model.baseline, str(addons_label or "plain"), f"s{cfg.train.seed}"])
-        trial_id = f"{readable}-{stable_hash(identity, 10)}"
-        if trial_id in by_id:
-            duplicates.append((describe(combo), trial_id))
+        trial = plan_trial(cfg, workdir, sweep=spec.name, synthetic=synthetic, world_size=resources.world_size,
+                           label=str(addons_label or "plain"), where=f"{spec.path}: trial {describe(combo)}")
+        if trial.trial_id in by_id:
+            duplicates.append((describe(combo), trial.trial_id))
             continue
-        axes = {name: value.label for name, value in combo.items()}
-        trial = TrialSpec(
-            trial_id=trial_id, index=len(trials), sweep=spec.name, workdir=str(workdir), axes=axes,
-            baseline=cfg.model.baseline, addons_label=addons_label, addons=[a.name for a in cfg.addons],
-            posterior=_posterior([to_dict(a) for a in cfg.addons]), seed=cfg.train.seed, config=plain,
-            resources=to_dict(resources), stages=stages, synthetic=synthetic, faults=faults,
-            tags={"sweep": spec.name, "baseline": cfg.model.baseline, "addons": str(addons_label),
-                  "posterior": str(_posterior([to_dict(a) for a in cfg.addons])), "seed": str(cfg.train.seed),
-                  "trial_index": str(len(trials))})
-        by_id[trial_id] = trial
+        posterior = _posterior([to_dict(a) for a in cfg.addons])
+        trial.index = len(trials)
+        trial.axes = {name: value.label for name, value in combo.items()}
+        trial.addons_label = addons_label
+        trial.posterior = posterior
+        trial.resources = to_dict(resources)
+        trial.faults = faults
+        trial.tags = {"sweep": spec.name, "baseline": cfg.model.baseline, "addons": str(addons_label),
+                      "posterior": str(posterior), "seed": str(cfg.train.seed), "trial_index": str(trial.index)}
+        by_id[trial.trial_id] = trial
         trials.append(trial)
     if not trials:
         raise ConfigError(f"{spec.path}: the axes expand to no trial")
@@ -173,12 +86,8 @@ def plan_sweep(spec: SweepSpec, workdir: str | Path | None = None) -> SweepPlan:
 # -- cost estimate ---------------------------------------------------------------------------------------
 
 def measured_durations(workdir: Path, stage: str) -> list[float]:
-    out = []
-    for record_path in (Path(workdir) / "stages" / stage).glob("*/stage.json"):
-        record = state.read_json(record_path) or {}
-        if record.get("state") == "finished" and record.get("duration_s") is not None:
-            out.append(float(record["duration_s"]))
-    return out
+    return [float(r["duration_s"]) for r in layout.finished_stage_records(workdir, stage)
+            if r.get("duration_s") is not None]
 
 
 def estimate_hours(plan: SweepPlan) -> tuple[float, str, dict[str, str]]:
@@ -201,7 +110,7 @@ def estimate_hours(plan: SweepPlan) -> tuple[float, str, dict[str, str]]:
         res = Resources(**trial.resources)
         per_second = res.nodes * res.gpus_per_node if gpus else res.world_size * res.cpus_per_task
         for stage in trial.stages:
-            if stage.key in counted or state.stage_state(Path(stage.dir)) == "finished":
+            if stage.key in counted or layout.stage_state(Path(stage.dir)) == "finished":
                 continue
             counted.add(stage.key)
             seconds = medians.get(stage.name, res.time_min * 60 / len(trial.stages))
@@ -229,7 +138,7 @@ def format_plan(plan: SweepPlan, verbose: bool = True) -> str:
         s = status[trial_stage]
         lines.append(f"{trial_stage:<{width}}{s['unique']:>8}{s['finished']:>8}{s['running']:>9}{s['failed']:>8}"
                      f"{s['to_run']:>8}")
-    training_stages = [n for n in names if STAGES.get(n).trains_model]
+    training_stages = [n for n in names if find_stage(n).trains_model]
     trainings = sum(status[n]["unique"] for n in training_stages)
     parts = [f"{status[n]['unique']} {n}" for n in training_stages]
     detail = f" ({' + '.join(parts)})" if len(parts) > 1 else ""
@@ -244,7 +153,7 @@ def format_plan(plan: SweepPlan, verbose: bool = True) -> str:
         lines.append("")
         lines.append(f"{'#':>4}  {'trial':<40} {'stages done':<12} axes")
         for trial in plan.trials:
-            done = sum(state.stage_state(Path(s.dir)) == "finished" for s in trial.stages)
+            done = sum(layout.stage_state(Path(s.dir)) == "finished" for s in trial.stages)
             axes = " ".join(f"{k}={v}" for k, v in trial.axes.items())
             lines.append(f"{trial.index:>4}  {trial.trial_id:<40} {done}/{len(trial.stages):<10} {axes}")
     return "\n".join(lines)
@@ -254,7 +163,7 @@ def _ordered_stage_names(plan: SweepPlan) -> list[str]:
     names: list[str] = []
     for trial in plan.trials:
         for stage in trial.stages:
-            name = STAGES.get(stage.name).store_name  # a shared stage (AMN's CAM training) counts as its twin
+            name = find_stage(stage.name).store_name  # a shared stage (AMN's CAM training) counts as its twin
             if name not in names:
                 names.append(name)
     return names

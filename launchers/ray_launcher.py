@@ -1,7 +1,7 @@
 """Ray launcher: a ``ray.tune.Tuner`` over the planned trials (our planner owns the combinations: the
 param space is a grid over trial ids), on an existing cluster (``--address``) or a local one.
 
-A trial of one process runs :func:`~launchers.stages.run_trial` in the Tune trial's own process; a trial
+A trial of one process runs :func:`~wsss_core.pipeline.run_trial` in the Tune trial's own process; a trial
 of G > 1 processes is a driver function that builds a Ray Train ``TorchTrainer`` (Train V2) with G workers,
 each of which calls the same ``run_trial`` inside the process group Ray Train set up (the trainer joins an
 initialised group instead of making one). Tune retries a failed trial ``max_failures`` times; finished
@@ -17,8 +17,9 @@ from typing import Any
 
 from wsss_core.errors import ConfigError
 
-from . import state
-from .plan import SweepPlan, TrialSpec
+from wsss_core.pipeline import TrialSpec, layout
+
+from .plan import SweepPlan
 from .spec import Resources, SweepSpec
 from .submit import SubmitOptions, load_trial_spec, write_trial_spec
 
@@ -85,7 +86,7 @@ def _train_worker(config: dict[str, Any]) -> None:
     """One Ray Train worker = one DDP rank; Ray Train made the process group already."""
     import ray.train
 
-    from .stages import run_trial
+    from wsss_core.pipeline import run_trial
 
     ctx = ray.train.get_context()
     os.environ.update({"RANK": str(ctx.get_world_rank()), "WORLD_SIZE": str(ctx.get_world_size()),
@@ -101,7 +102,7 @@ def _tune_trial(config: dict[str, Any]) -> dict[str, Any]:
     """The Tune trial: run the trial here (one process) or drive a TorchTrainer (G processes)."""
     from ray import tune
 
-    from .stages import run_trial
+    from wsss_core.pipeline import run_trial
 
     trial = load_trial_spec(config["spec"])
     trial.job_id = tune.get_context().get_trial_id()
@@ -132,7 +133,7 @@ def launch(spec: SweepSpec, plan: SweepPlan, trials: list[TrialSpec], opts: Subm
 
     connect(opts.address or spec.launcher.ray.address)
     settings = spec.launcher.ray
-    driver = state.owner_of_this_process("ray")
+    driver = layout.owner_of_this_process("ray")
     paths = {}
     for trial in trials:
         trial.owner = driver  # the trial lives as long as this Tune driver does
@@ -143,7 +144,7 @@ def launch(spec: SweepSpec, plan: SweepPlan, trials: list[TrialSpec], opts: Subm
     if any(n["GPU"] for n in needs):
         fit = min(fit, min(math.floor(total.get("GPU", 0) / n["GPU"]) for n in needs if n["GPU"]))
     limit = max(1, min(fit, opts.max_concurrent or settings.max_concurrent or len(trials)))
-    storage = state.sweep_dir(plan.workdir, spec.name) / "ray"
+    storage = layout.sweep_dir(plan.workdir, spec.name) / "ray"
     storage.mkdir(parents=True, exist_ok=True)
 
     by_path = {paths[t.trial_id]: t for t in trials}
@@ -168,7 +169,7 @@ def launch(spec: SweepSpec, plan: SweepPlan, trials: list[TrialSpec], opts: Subm
           f"{total.get('GPU', 0):g} GPU", file=stream, flush=True)
     tuner = tune.Tuner(trainable, param_space=param_space,
                        tune_config=tune.TuneConfig(max_concurrent_trials=limit),
-                       run_config=tune.RunConfig(name=f"{spec.name}-{os.getpid()}-{int(state.now())}",
+                       run_config=tune.RunConfig(name=f"{spec.name}-{os.getpid()}-{int(layout.now())}",
                                                  storage_path=str(storage), verbose=0,
                                                  failure_config=tune.FailureConfig(max_failures=settings.max_failures)))
     results = tuner.fit()

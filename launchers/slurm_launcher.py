@@ -2,7 +2,7 @@
 
 Each array task runs ``tasks_per_node`` tasks per node (GPUs per node, or ``procs_per_node`` on CPU); every
 task exports the torch.distributed variables from ``submitit.helpers.TorchDistributedEnvironment`` and
-calls :func:`~launchers.stages.run_trial`. The callable is a ``submitit.helpers.Checkpointable``: on
+calls :func:`~wsss_core.pipeline.run_trial`. The callable is a ``submitit.helpers.Checkpointable``: on
 preemption or timeout (USR2, ``signal_delay_s`` before the limit) submitit requeues the same job, and the
 trial resumes: finished stages are skipped and training continues from its last checkpoint.
 The job runs ``<this python> -m submitit.core._submit <folder>`` in the submit directory with the submit
@@ -22,8 +22,9 @@ import submitit
 
 from wsss_core.errors import ConfigError
 
-from . import state
-from .plan import SweepPlan, TrialSpec
+from wsss_core.pipeline import TrialSpec, layout
+
+from .plan import SweepPlan
 from .spec import Resources, SweepSpec, check_slurm_resources
 from .submit import SubmitOptions, load_trial_spec, write_trial_spec
 
@@ -69,7 +70,7 @@ class SlurmTrial(submitit.helpers.Checkpointable):
     def __call__(self, spec_path: str) -> dict[str, Any]:
         import torch
 
-        from .stages import run_trial
+        from wsss_core.pipeline import run_trial
 
         env = submitit.JobEnvironment()
         if env.num_tasks > 1:
@@ -111,7 +112,7 @@ def _last_line(exc: BaseException) -> str:
 def launch(spec: SweepSpec, plan: SweepPlan, trials: list[TrialSpec], opts: SubmitOptions,
            stream: Any) -> dict[str, str | None]:
     """Submit one array per distinct resource shape, record the job ids, wait for every job."""
-    folder = state.sweep_dir(plan.workdir, spec.name) / "slurm" / f"{int(time.time())}-{os.getpid()}"
+    folder = layout.sweep_dir(plan.workdir, spec.name) / "slurm" / f"{int(time.time())}-{os.getpid()}"
     groups: dict[tuple, list[TrialSpec]] = {}
     for trial in trials:
         groups.setdefault(tuple(sorted(trial.resources.items())), []).append(trial)
@@ -122,7 +123,7 @@ def launch(spec: SweepSpec, plan: SweepPlan, trials: list[TrialSpec], opts: Subm
         paths = [str(write_trial_spec(t)) for t in members]
         submitted = executor.map_array(SlurmTrial(), paths)
         for trial, job in zip(members, submitted):
-            with state.update_trial(trial.record_path) as record:
+            with layout.update_trial(trial.record_path) as record:
                 record.update({"job_id": str(job.job_id), "launcher": "slurm",
                                "owner": {"launcher": "slurm", "job_id": str(job.job_id), "host": None, "pid": None}})
             jobs.append((trial, job))
@@ -147,3 +148,7 @@ def launch(spec: SweepSpec, plan: SweepPlan, trials: list[TrialSpec], opts: Subm
                       f"{job.paths.stdout}", file=stream, flush=True)
         pending = still
     return errors
+
+
+def release() -> None:
+    """Nothing to let go of (the backend interface, launchers.backend)."""

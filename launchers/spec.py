@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from wsss_core.addons import ADDONS
 from wsss_core.baselines import BASELINES
 from wsss_core.config import apply_overrides, from_dict, load_yaml, to_dict
 from wsss_core.errors import ConfigError
+from wsss_core.pipeline import find_stage
 from wsss_core.training.config import AddonConfig, RunConfig, run_config_from_dict
 
 LAUNCHERS = ("local", "ray", "slurm")
@@ -177,29 +177,23 @@ class _SweepFile:
 
 
 def threshold_grid(value: Any, where: str) -> tuple[float, ...]:
-    """``{start, stop, step}`` (stop inclusive) or a list, every value in [0, 1]."""
+    """``{start, stop, step}`` (stop inclusive) or a list of numbers: the sweep file's spellings of the
+    evaluator's grid, parsed by the evaluator's one parser (``parse_thresholds`` / ``validate_thresholds``)."""
+    from wsss_core.evaluation.threshold_sweep import parse_thresholds, validate_thresholds
+
     if isinstance(value, dict):
         rng = from_dict(ThresholdRange, value, where)
         if rng.step <= 0:
             raise ConfigError(f"{where}.step: must be positive, got {rng.step}")
         if rng.stop < rng.start:
             raise ConfigError(f"{where}: stop {rng.stop} is below start {rng.start}")
-        count = int(math.floor((rng.stop - rng.start) / rng.step + 1e-9)) + 1
-        values = [round(rng.start + i * rng.step, 6) for i in range(count)]
-    elif isinstance(value, (list, tuple)) and value:
-        values = []
+        return tuple(parse_thresholds(f"{rng.start!r}:{rng.stop!r}:{rng.step!r}", where))
+    if isinstance(value, (list, tuple)) and value:
         for i, v in enumerate(value):
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise ConfigError(f"{where}[{i}]: expected a number, got {v!r}")
-            values.append(float(v))
-    else:
-        raise ConfigError(f"{where}: expected {{start, stop, step}} or a non-empty list of numbers, got {value!r}")
-    for i, v in enumerate(values):
-        if not 0.0 <= v <= 1.0:
-            raise ConfigError(f"{where}: threshold {v} is outside [0, 1]")
-    if len(set(values)) != len(values):
-        raise ConfigError(f"{where}: thresholds listed more than once")
-    return tuple(sorted(values))
+        return tuple(validate_thresholds(value, where))
+    raise ConfigError(f"{where}: expected {{start, stop, step}} or a non-empty list of numbers, got {value!r}")
 
 
 def _valid_dotted_keys() -> list[str]:
@@ -382,14 +376,8 @@ def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
     # The base alone must already be a valid run config (errors then name base.<key>).
     run_config_from_dict(base, f"{where}: base")
     axes, thresholds = _parse_axes(top.axes, f"{where}: axes")
-    known_stages = None
     for i, fault in enumerate(top.faults):
-        from .stages import STAGES  # the stage registry (imported late: it imports training)
-
-        known_stages = STAGES.names()
-        if fault.stage not in known_stages:
-            raise ConfigError(f"{where}: faults[{i}].stage: unknown stage {fault.stage!r}; valid choices: "
-                              f"{', '.join(known_stages)}")
+        find_stage(fault.stage, f"{where}: faults[{i}].stage")
         for name in fault.when:
             if not any(a.name == name for a in axes):
                 raise ConfigError(f"{where}: faults[{i}].when: {name!r} is not an axis of this sweep; valid "

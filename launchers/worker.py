@@ -23,7 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) != 1:
         print("usage: python -m launchers.worker TRIAL_SPEC.pkl", file=sys.stderr)
         return 2
-    from .stages import run_trial
+    from wsss_core.pipeline import run_trial
+
     from .submit import load_trial_spec
 
     trial = load_trial_spec(argv[0])

@@ -16,7 +16,9 @@ from wsss_core.baselines.compose import build_model
 from wsss_core.data.synth import generate_synthetic_voc
 from wsss_core.errors import ConfigError, TrainingError
 from wsss_core.evaluation import CamStore
-from wsss_core.training.amn_stages import amn_chain, chain_keys, planner_stage_definitions, run_amn_chain
+from wsss_core.pipeline import find_stage, layout, plan_trial, run_trial
+from wsss_core.pipeline.stages.evaluate import score_cam_store
+from wsss_core.training.amn import amn_chain
 from wsss_core.training.config import load_run_config
 
 torch.set_num_threads(1)
@@ -174,18 +176,24 @@ def test_sweep_over_amn_settings_trains_the_classifier_and_makes_seeds_once(voc_
                                       "label_smoothing: 0.2}"])
     c = load_run_config(None, base + ["model.options={aspp_rates: [1, 2], training: {epochs: 1, lr: 0.001}, "
                                       "seeds: {fg_threshold: 0.4}}"])
-    ka, kb, kc = (chain_keys(amn_chain(x)) for x in (a, b, c))
-    assert ka["cam_train"] == kb["cam_train"] == kc["cam_train"] and ka["seeds"] == kb["seeds"] != kc["seeds"]
-    assert ka["amn_train"] != kb["amn_train"] and ka["cam_eval"] == kb["cam_eval"]
+    ta, tb, tc = (plan_trial(x, tmp_path, sweep="amn") for x in (a, b, c))
+    ka, kb, kc = ({s.name: s.key for s in t.stages} for t in (ta, tb, tc))
+    assert ka["amn_cam_train"] == kb["amn_cam_train"] == kc["amn_cam_train"]
+    assert ka["amn_seeds"] == kb["amn_seeds"] != kc["amn_seeds"]
+    assert ka["amn_train"] != kb["amn_train"]
 
-    first = run_amn_chain(a, tmp_path)
-    seeds_dir = tmp_path / "seeds" / ka["seeds"]
+    # AMN runs through the one trial runner, like every baseline
+    first = run_trial(ta)
+    seeds_dir = Path(ta.stage("amn_seeds").dir)
     stamp = {p.name: p.stat().st_mtime_ns for p in seeds_dir.glob("*.png")}
-    second = run_amn_chain(b, tmp_path)
-    assert not any(s["cached"] for s in first.values())
-    assert [n for n, s in second.items() if s["cached"]] == ["cam_train", "cam_cams", "seeds", "cam_eval"]
+    second = run_trial(tb)
+    assert not any(s["reused"] for s in first.values())
+    assert [n for n, s in second.items() if s["reused"]] == ["amn_cam_train", "amn_cam_cams", "amn_seeds"]
     assert stamp == {p.name: p.stat().st_mtime_ns for p in seeds_dir.glob("*.png")}  # not rewritten
-    assert len(list((tmp_path / "cam_train").iterdir())) == 1 and len(list((tmp_path / "amn_train").iterdir())) == 2
+    stages = layout.stages_root(tmp_path)
+    assert len(list((stages / "train").iterdir())) == 1 and len(list((stages / "amn_train").iterdir())) == 2
+    assert {r["trial_id"]: r["state"] for r in layout.list_trials(tmp_path, "amn")} == \
+        {ta.trial_id: "finished", tb.trial_id: "finished"}
 
     # seeds: VOC values, uncertain 255, only the image's classes
     labels = np.load(voc_root / "cls_labels.npy", allow_pickle=True).item()
@@ -197,20 +205,28 @@ def test_sweep_over_amn_settings_trains_the_classifier_and_makes_seeds_once(voc_
         values |= set(np.unique(seed).tolist())
     assert 0 in values and 255 in values
     # AMN maps: fg maps of the GT classes and a background map, in [0, 1]
-    store = CamStore(tmp_path / "amn_maps" / ka["amn_maps"])
+    store = CamStore(ta.stage("amn_maps").dir)
     for image_id in store.ids():
         record = store.read_full(image_id)
         assert record.keys.tolist() == np.flatnonzero(labels[image_id]).tolist()
         assert record.bg is not None and 0.0 <= record.cams.min() and record.cams.max() <= 1.0 + 1e-6
-    assert first["amn_eval"]["best_miou"] > 0 and first["cam_eval"]["best_miou"] > 0
+    assert first["amn_eval"]["best_miou"] > 0
+    # the CAM stage's CAMs score too (what a CAM row of the same sweep reports)
+    cam_scores = score_cam_store(a, Path(ta.stage("amn_cam_cams").dir) / "cams", tmp_path / "cam_eval")
+    assert cam_scores["best_miou"] > 0
 
 
 def test_planner_stage_keys_share_the_cam_stage_and_seeds():
-    defs = {d["name"]: d for d in planner_stage_definitions()}
     a = load_run_config(None, demo_overrides(Path("/data"), "model.options={label_smoothing: 0.4}"))
     b = load_run_config(None, demo_overrides(Path("/data"), "model.options={label_smoothing: 0.2}"))
     extras = {"synthetic": None, "world_size": 2}
-    for name in ("amn_cam_train", "amn_cam_cams", "amn_seeds", "amn_cam_eval"):
-        assert defs[name]["key_slice"](a, extras) == defs[name]["key_slice"](b, extras), name
-    assert defs["amn_train"]["key_slice"](a, extras) != defs["amn_train"]["key_slice"](b, extras)
-    assert defs["amn_cam_train"]["key_slice"](a, extras)["model"]["baseline"] == "cam"
+
+    def key_slice(name, cfg):
+        stage = find_stage(name)
+        return stage.key_slice(stage.view(cfg), extras)
+
+    for name in ("amn_cam_train", "amn_cam_cams", "amn_seeds"):
+        assert key_slice(name, a) == key_slice(name, b), name
+    assert key_slice("amn_train", a) != key_slice("amn_train", b)
+    assert key_slice("amn_cam_train", a)["model"]["baseline"] == "cam"
+    assert find_stage("amn_cam_train").store_name == "train"  # one training with the CAM rows

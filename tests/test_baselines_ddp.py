@@ -16,7 +16,8 @@ import torch
 
 from wsss_core.data.synth import generate_synthetic_voc
 from wsss_core.evaluation import CamStore, evaluate_cams
-from wsss_core.training.amn_stages import amn_chain, chain_keys, run_amn_chain
+from wsss_core.pipeline import plan_trial, run_trial
+from wsss_core.training.amn import amn_chain
 from wsss_core.training.checkpoint import load_model_weights
 from wsss_core.training.config import load_run_config
 
@@ -35,7 +36,7 @@ def _ddp_jobs(rank: int, nproc: int, port: int, jobs: list, results) -> None:
                        "LOCAL_WORLD_SIZE": str(nproc), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
     torch.set_num_threads(1)
     from wsss_core.training import make_cams, train
-    from wsss_core.training.amn_stages import make_amn_cams, train_amn
+    from wsss_core.training.amn import make_amn_cams, train_amn
     from wsss_core.training.distributed import cleanup_distributed
 
     try:
@@ -111,11 +112,10 @@ def ddp_runs(voc_root, tmp_path_factory):
             cfg = trial(voc_root, baseline, addons)
             run_dir = work / name
             if baseline == "amn":  # the CAM stage and seeds (single process), then AMN under DDP
-                keys = chain_keys(amn_chain(cfg))
-                run_amn_chain(cfg, work / "chain", until="seeds")
-                paths = {"run": str(run_dir), "seeds": str(work / "chain" / "seeds" / keys["seeds"]),
-                         "cam_run": str(work / "chain" / "cam_train" / keys["cam_train"]),
-                         "store": str(work / name / "maps")}
+                chain = plan_trial(cfg, work / "chain", sweep="ddp", until="amn_seeds")
+                run_trial(chain)
+                paths = {"run": str(run_dir), "seeds": chain.stage("amn_seeds").dir,
+                         "cam_run": chain.stage("amn_cam_train").dir, "store": str(work / name / "maps")}
                 stores[name] = Path(paths["store"])
             else:
                 paths = {"run": str(run_dir)}

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from launchers import state
-from launchers.testing import tiny_sweep, write_sweep
+from sweep_files import tiny_sweep, write_sweep
 from wsss_core.cli import main
+from wsss_core.pipeline import layout
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +27,7 @@ def test_local_sweep_end_to_end_with_ddp_trial(tmp_path, capsys):
     workdir = tmp_path / "work"
     argv = ["sweep", "run", str(path), "--workdir", str(workdir)]  # MLflow on: SQLite in the work dir
     assert main(argv) == 0
-    records = state.list_trials(workdir, "local2")
+    records = layout.list_trials(workdir, "local2")
     assert len(records) == 2
     for record in records:
         assert RECORD_KEYS <= set(record)
@@ -40,12 +40,12 @@ def test_local_sweep_end_to_end_with_ddp_trial(tmp_path, capsys):
         assert record["tracking"]["parent_run_id"] and set(record["tracking"]["run_ids"]) == {"train", "cams", "eval"}
     assert (workdir / "mlflow.db").is_file()
     by_size = {r["axes"]["resources.procs_per_node"]: r for r in records}
-    ddp_train = state.read_stage(Path(by_size[2]["stages"]["train"]["dir"]))
+    ddp_train = layout.read_stage(Path(by_size[2]["stages"]["train"]["dir"]))
     assert ddp_train["summary"]["world_size"] == 2
-    assert state.read_stage(Path(by_size[1]["stages"]["train"]["dir"]))["summary"]["world_size"] == 1
+    assert layout.read_stage(Path(by_size[1]["stages"]["train"]["dir"]))["summary"]["world_size"] == 1
     # The two trials shared the one data stage (generated once).
     assert by_size[1]["stages"]["data"]["key"] == by_size[2]["stages"]["data"]["key"]
-    assert state.read_stage(Path(by_size[1]["stages"]["data"]["dir"]))["attempts"] == 1
+    assert layout.read_stage(Path(by_size[1]["stages"]["data"]["dir"]))["attempts"] == 1
     capsys.readouterr()
 
     # Second run of the same command: no training, nothing started.
@@ -54,9 +54,9 @@ def test_local_sweep_end_to_end_with_ddp_trial(tmp_path, capsys):
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "0 to run, 2 finished" in out and "[local] started" not in out
-    for record in state.list_trials(workdir, "local2"):
+    for record in layout.list_trials(workdir, "local2"):
         assert record["attempts"] == 1
-        assert all(state.read_stage(Path(s["dir"]))["attempts"] == 1 for s in record["stages"].values())
+        assert all(layout.read_stage(Path(s["dir"]))["attempts"] == 1 for s in record["stages"].values())
         assert Path(record["stages"]["train"]["dir"], "checkpoints", "last.pt").stat().st_mtime_ns == \
             mtimes[record["trial_id"]]
 
@@ -74,7 +74,7 @@ def test_failing_trial_is_reported_with_its_error(tmp_path, capsys):
     assert main(["sweep", "run", str(path), "--workdir", str(workdir), "--no-tracking"]) == 1
     err = capsys.readouterr().err
     assert "1 failed" in err and "stage cams" in err and "injected fault" in err
-    (record,) = state.list_trials(workdir, "broken")
+    (record,) = layout.list_trials(workdir, "broken")
     assert record["stages"]["train"]["state"] == "finished" and record["stages"]["cams"]["state"] == "failed"
     assert main(["sweep", "status", str(path), "--workdir", str(workdir)]) == 0
     assert "failed   " + record["trial_id"] in capsys.readouterr().out

@@ -10,10 +10,10 @@ import pytest
 import ray
 
 from cluster_fixtures import ray_cluster  # noqa: F401
-from launchers import state
 from launchers.spec import load_sweep
 from launchers.submit import SubmitOptions, run_sweep
-from launchers.testing import tiny_sweep, write_sweep
+from sweep_files import tiny_sweep, write_sweep
+from wsss_core.pipeline import layout
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -31,12 +31,12 @@ def test_ray_sweep_with_ddp_trial_and_retry(tmp_path, ray_cluster):  # noqa: F81
 
     flaky = by_size[1]
     assert flaky["attempts"] == 2 and flaky["state"] == "finished" and flaky["launcher"] == "ray"
-    assert state.read_stage(Path(flaky["stages"]["train"]["dir"]))["attempts"] == 2
-    assert state.read_stage(Path(flaky["stages"]["data"]["dir"]))["attempts"] == 1  # reused on the retry
+    assert layout.read_stage(Path(flaky["stages"]["train"]["dir"]))["attempts"] == 2
+    assert layout.read_stage(Path(flaky["stages"]["data"]["dir"]))["attempts"] == 1  # reused on the retry
 
     ddp = by_size[2]
     assert ddp["attempts"] == 1 and ddp["job_id"]
-    train = state.read_stage(Path(ddp["stages"]["train"]["dir"]))
+    train = layout.read_stage(Path(ddp["stages"]["train"]["dir"]))
     assert train["summary"]["world_size"] == 2 and train["attempts"] == 1
     for record in outcome.records:
         assert json.loads(Path(record["eval_json"]).read_text())["best"]["miou"] is not None

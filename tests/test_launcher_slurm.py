@@ -12,10 +12,11 @@ import pytest
 import torch
 
 from cluster_fixtures import slurm_cluster  # noqa: F401
-from launchers import state
+from launchers.records import format_status
 from launchers.spec import load_sweep
-from launchers.submit import SubmitOptions, format_status, run_sweep
-from launchers.testing import tiny_sweep, write_sweep
+from launchers.submit import SubmitOptions, run_sweep
+from sweep_files import tiny_sweep, write_sweep
+from wsss_core.pipeline import layout
 from wsss_core.training.checkpoint import checkpoint_path, load_checkpoint
 from wsss_core.training.config import run_config_from_dict
 from wsss_core.training.trainer import train
@@ -29,7 +30,7 @@ def _preempt_when_training(workdir: Path, sweep: str, seed: int, min_steps: int,
     (SIGTERM, then USR2: what submitit's own test helper sends)."""
     deadline = time.time() + 240
     while time.time() < deadline and not done.is_set():
-        record = next((r for r in state.list_trials(workdir, sweep) if r.get("seed") == seed), None)
+        record = next((r for r in layout.list_trials(workdir, sweep) if r.get("seed") == seed), None)
         if record and record.get("job_id") and record.get("state") == "running":
             metrics = Path(record["stages"]["train"]["dir"], "metrics.jsonl")
             if metrics.is_file() and len(metrics.read_text().splitlines()) >= min_steps:
@@ -63,9 +64,9 @@ def test_slurm_sweep_preemption_resume_and_failure(tmp_path, slurm_cluster):  # 
     resumed = by_seed[0]
     assert resumed["state"] == "finished", format_status(outcome.records, "slurmsweep")
     assert resumed["attempts"] == 2 and resumed["launcher"] == "slurm"
-    train_record = state.read_stage(Path(resumed["stages"]["train"]["dir"]))
+    train_record = layout.read_stage(Path(resumed["stages"]["train"]["dir"]))
     assert train_record["attempts"] == 2 and train_record["summary"]["resumed_from_step"] > 0
-    assert state.read_stage(Path(resumed["stages"]["data"]["dir"]))["attempts"] == 1
+    assert layout.read_stage(Path(resumed["stages"]["data"]["dir"]))["attempts"] == 1
     assert Path(resumed["eval_json"]).is_file()
 
     # The requeued run's final weights equal an uninterrupted run of the same config.
@@ -90,7 +91,7 @@ def test_slurm_sweep_preemption_resume_and_failure(tmp_path, slurm_cluster):  # 
 def _trial_config(workdir: Path, trial_id: str) -> dict:
     from launchers.submit import load_trial_spec
 
-    return load_trial_spec(state.sweep_dir(workdir, "slurmsweep") / "specs" / f"{trial_id}.pkl").config
+    return load_trial_spec(layout.sweep_dir(workdir, "slurmsweep") / "specs" / f"{trial_id}.pkl").config
 
 
 def test_slurm_rejects_resources_no_node_has_before_submitting(tmp_path, slurm_cluster):  # noqa: F811

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from launchers import state
 from launchers.plan import plan_sweep
 from launchers.spec import load_sweep, validate_trials
-from launchers.testing import tiny_sweep, write_sweep
+from sweep_files import tiny_sweep, write_sweep
 from wsss_core.cli import main
 from wsss_core.errors import ConfigError
+from wsss_core.pipeline import layout
 
 TINY_AMN = {"model": {"options": {"aspp_rates": [1, 1, 1, 1],
                                   "training": {"lr": 1.0e-4, "head_lr_mult": 10.0, "epochs": 1}}}}
@@ -49,14 +49,14 @@ def test_amn_trial_runs_its_chain_and_shares_the_cam_training(tmp_path, capsys):
     assert status["train"]["unique"] == 1 and status["amn_train"]["unique"] == 1  # 2 trials, 1 CAM training
 
     assert main(["sweep", "run", str(path), "--workdir", str(workdir), "--no-tracking"]) == 0
-    records = {r["baseline"]: r for r in state.list_trials(workdir, "camamn")}
+    records = {r["baseline"]: r for r in layout.list_trials(workdir, "camamn")}
     assert {r["state"] for r in records.values()} == {"finished"}
     cam, amn = records["cam"], records["amn"]
     assert list(amn["stages"]) == ["data", "amn_cam_train", "amn_cam_cams", "amn_seeds", "amn_train", "amn_maps",
                                    "amn_eval"]
     shared = cam["stages"]["train"]["dir"]
     assert amn["stages"]["amn_cam_train"]["dir"] == shared
-    assert state.read_stage(Path(shared))["attempts"] == 1  # trained once for both trials
+    assert layout.read_stage(Path(shared))["attempts"] == 1  # trained once for both trials
     amn_eval = json.loads(Path(amn["eval_json"]).read_text())
     assert Path(amn["eval_json"]).parent == Path(amn["stages"]["amn_eval"]["dir"])
     assert amn_eval["best"]["miou"] is not None and len(amn_eval["thresholds"]) == 3

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from launchers import state
 from launchers.plan import estimate_hours, plan_sweep
 from launchers.spec import load_sweep
-from launchers.testing import tiny_sweep, write_sweep
+from sweep_files import tiny_sweep, write_sweep
 from wsss_core.cli import main
+from wsss_core.pipeline import layout
 
 ADDONS = {"none": [], "is_binomial": [{"name": "importance_sampling", "posterior": "binomial"}],
           "fs_multinomial": [{"name": "feature_similarity", "posterior": "multinomial"}]}
@@ -68,7 +68,7 @@ def test_grown_sweep_reuses_finished_stages(tmp_path):
     small = _plan(tmp_path, workdir, seed=[0])
     for trial in small.trials:  # pretend the first sweep ran
         for stage in trial.stages:
-            state.write_stage(Path(stage.dir), {"state": "finished", "attempts": 1, "duration_s": 30.0})
+            layout.write_stage(Path(stage.dir), {"state": "finished", "attempts": 1, "duration_s": 30.0})
     grown = _plan(tmp_path, workdir, name="grown.yaml", seed=[0, 1, 2])
     status = grown.stage_status()
     assert status["train"] == {"unique": 18, "finished": 6, "running": 0, "failed": 0, "to_run": 12}
@@ -96,11 +96,12 @@ def test_plan_command_prints_counts_and_submits_nothing(tmp_path, capsys):
 
 
 def test_a_baseline_can_declare_a_longer_stage_chain(tmp_path, monkeypatch):
-    from launchers.stages import PIPELINES, STAGES, StageDef
+    from wsss_core.pipeline import CHAINS, StageDef
+    from wsss_core.pipeline.stages import cams, evaluate, train
 
-    refine = StageDef("refine", ("cams",), lambda cfg, extras: {"crf": "amn"}, lambda run: {}, distributed=False)
-    monkeypatch.setitem(STAGES._items, "refine", refine)
-    monkeypatch.setitem(PIPELINES, "amn", ("train", "cams", "refine", "eval"))
+    refine = StageDef("refine", ("cams",), lambda cfg, extras: {"crf": "amn"}, lambda run: {}, distributed=False,
+                      cam_store="")
+    monkeypatch.setitem(CHAINS, "amn", (train.STAGE, cams.STAGE, refine, evaluate.STAGE))
     spec = load_sweep(write_sweep(tmp_path / "amn.yaml", tiny_sweep(axes={"baseline": ["cam", "amn"]})))
     plan = plan_sweep(spec, tmp_path / "work")
     cam, amn = plan.trials

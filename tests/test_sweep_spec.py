@@ -9,7 +9,7 @@ import pytest
 from launchers.plan import plan_sweep
 from launchers.spec import check_local_resources, check_slurm_resources, load_sweep, threshold_grid
 from launchers.submit import SubmitOptions, run_sweep
-from launchers.testing import tiny_sweep, write_sweep
+from sweep_files import tiny_sweep, write_sweep
 from wsss_core.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,7 +58,7 @@ def test_wrong_type_seed(tmp_path):
 
 def test_threshold_outside_unit_interval(tmp_path):
     message = _error(tmp_path, tiny_sweep(axes={"thresholds": {"start": 0.5, "stop": 1.5, "step": 0.25}}))
-    assert "axes.thresholds" in message and "outside [0, 1]" in message
+    assert "axes.thresholds" in message and "within [0, 1]" in message
     message = _error(tmp_path, tiny_sweep(axes={"thresholds": [0.1, -0.2]}))
     assert "-0.2" in message
 

@@ -11,21 +11,21 @@ from pathlib import Path
 
 import pytest
 
-from launchers import state
 from launchers.plan import plan_sweep
 from launchers.spec import load_sweep
 from launchers.submit import SubmitOptions, claim_trials, run_sweep, write_trial_spec
-from launchers.testing import tiny_sweep, write_sweep
+from sweep_files import tiny_sweep, write_sweep
+from wsss_core.pipeline import layout
 
 pytestmark = pytest.mark.slow
 
 
 def _records(workdir: Path, sweep: str) -> dict[str, dict]:
-    return {r["trial_id"]: r for r in state.list_trials(workdir, sweep)}
+    return {r["trial_id"]: r for r in layout.list_trials(workdir, sweep)}
 
 
 def _stage_attempts(record: dict) -> dict[str, int]:
-    return {name: state.read_stage(Path(s["dir"])).get("attempts", 0) for name, s in record["stages"].items()}
+    return {name: layout.read_stage(Path(s["dir"])).get("attempts", 0) for name, s in record["stages"].items()}
 
 
 def test_two_processes_racing_on_one_trial_never_both_run_a_stage(tmp_path):
@@ -39,14 +39,14 @@ def test_two_processes_racing_on_one_trial_never_both_run_a_stage(tmp_path):
     outputs = [p.communicate(timeout=240)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
     for stage in trial.stages:
-        record = state.read_stage(Path(stage.dir))
+        record = layout.read_stage(Path(stage.dir))
         assert record["state"] == "finished" and record["attempts"] == 1, (stage.name, record)
     assert "waiting for it" in "".join(outputs)  # the loser waited on the stage lock, then reused the result
     assert len(json.loads(Path(trial.stage("eval").dir, "eval.json").read_text())["thresholds"]) == 3
 
 
 def _hold_lock(path: str, ready, release) -> None:
-    lock = state.StageLock(Path(path))
+    lock = layout.StageLock(Path(path))
     lock.acquire()
     ready.set()
     release.wait(30)
@@ -59,7 +59,7 @@ def test_stage_lock_is_exclusive_between_processes(tmp_path):
     holder = ctx.Process(target=_hold_lock, args=(str(tmp_path), ready, release))
     holder.start()
     assert ready.wait(60)
-    lock = state.StageLock(tmp_path)
+    lock = layout.StageLock(tmp_path)
     assert lock.is_held() and not lock.acquire(blocking=False)
     assert lock.holder().endswith(str(holder.pid))
     release.set()
@@ -100,13 +100,13 @@ def test_dead_owner_is_stale_and_live_owner_is_reattached(tmp_path):
     dead.wait()
     live, gone = plan.trials
     for trial, pid in ((live, os.getpid()), (gone, dead.pid)):
-        owner = {"launcher": "local", "host": state.hostname(), "pid": pid,
-                 "pid_start": state.process_start_time(pid)}
-        state.write_json_atomic(trial.record_path, {"trial_id": trial.trial_id, "state": "running",
+        owner = {"launcher": "local", "host": layout.hostname(), "pid": pid,
+                 "pid_start": layout.process_start_time(pid)}
+        layout.write_trial(trial.record_path, {"trial_id": trial.trial_id, "state": "running",
                                                     "attempts": 1, "owner": owner})
     outcome = claim_trials(plan, SubmitOptions(launcher="local", tracking=False), None)
     assert outcome.reattached == [live.trial_id] and outcome.ran == [gone.trial_id]
-    record = state.read_trial(gone.record_path)
+    record = layout.read_trial(gone.record_path)
     assert record["state"] == "pending" and record["error"].startswith("stale")
     # A second submitter now sees the first one (this process) as the live owner of the claimed trial.
     again = claim_trials(plan, SubmitOptions(launcher="local", tracking=False), None)

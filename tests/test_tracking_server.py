@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from fake_sweep import fake_sweep, initialised_sqlite_store
 from wsss_core.cli import main as wsss
 from wsss_core.data.synth import generate_synthetic_voc
 from wsss_core.tracking import prepare_sweep_tracking, stage_sink
 from wsss_core.tracking.cli import sweep_links
-from wsss_core.tracking.fake_sweep import fake_sweep, initialised_sqlite_store
 from wsss_core.tracking.store import client, server_reachable
 
 REPO = Path(__file__).resolve().parents[1]

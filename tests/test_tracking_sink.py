@@ -10,9 +10,9 @@ from dataclasses import replace
 
 import pytest
 
+from fake_sweep import fake_sweep, initialised_sqlite_store
 from wsss_core.data.synth import generate_synthetic_voc
 from wsss_core.tracking import eval_metrics, prepare_sweep_tracking, stage_sink
-from wsss_core.tracking.fake_sweep import fake_sweep, initialised_sqlite_store
 from wsss_core.tracking.store import MAX_PARAM_VALUE, client
 
 

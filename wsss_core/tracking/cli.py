@@ -40,9 +40,10 @@ def _store_args(parser: argparse.ArgumentParser) -> None:
 
 
 def run_ui(args: argparse.Namespace) -> int:
-    from .store import ARTIFACTS_DIR, default_workdir, is_http, resolve_tracking_uri, server_reachable, sqlite_path
+    from ..pipeline.layout import resolve_workdir
+    from .store import ARTIFACTS_DIR, is_http, resolve_tracking_uri, server_reachable, sqlite_path
 
-    workdir = args.workdir or default_workdir()
+    workdir = resolve_workdir(args.workdir)
     uri = resolve_tracking_uri(args.tracking_uri, workdir)
     if is_http(uri):
         if not server_reachable(uri):
@@ -103,10 +104,10 @@ def _interrupt(signum, frame):
 
 
 def run_sync(args: argparse.Namespace) -> int:
-    from .store import default_workdir
+    from ..pipeline.layout import resolve_workdir
     from .sync import sync_workdir
 
-    workdir = args.workdir or default_workdir()
+    workdir = resolve_workdir(args.workdir)
     stats = sync_workdir(workdir, tracking_uri=args.tracking_uri)
     print(f"wsss sync: {stats.summary()}")
     for line in stats.unreachable:

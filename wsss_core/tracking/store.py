@@ -25,6 +25,7 @@ from typing import Any, Iterator, Mapping
 from ..atomic import write_json_atomic  # noqa: F401 - re-exported for the tracking modules
 from ..config import flatten  # noqa: F401 - re-exported for the tracking modules
 from ..errors import WsssError
+from ..pipeline import layout
 
 DB_FILE = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
@@ -61,10 +62,6 @@ class TrackingContext:
 
 # -- locations ----------------------------------------------------------------------------------------
 
-def default_workdir() -> Path:
-    return Path(os.environ.get("WSSS_WORKDIR", "runs"))
-
-
 def default_tracking_uri(workdir: str | Path) -> str:
     return f"sqlite:///{(Path(workdir).resolve() / DB_FILE)}"
 
@@ -80,10 +77,6 @@ def is_http(uri: str) -> bool:
 
 def sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
-
-
-def sweep_dir(workdir: str | Path, sweep_name: str) -> Path:
-    return Path(workdir) / "sweeps" / sweep_name
 
 
 def experiment_name(sweep_name: str) -> str:
@@ -247,7 +240,7 @@ def prepare_sweep_tracking(sweep_name: str, tracking_uri: str | None, workdir: s
         # Not MLflow's default ./mlruns, which depends on the cwd of whoever creates the experiment.
         artifact_location = (workdir.resolve() / ARTIFACTS_DIR).as_uri()
     experiment_id = ensure_experiment(uri, experiment_name(sweep_name), artifact_location)
-    record_path = sweep_dir(workdir, sweep_name) / SWEEP_TRACKING_FILE
+    record_path = layout.sweep_dir(workdir, sweep_name) / SWEEP_TRACKING_FILE
     record = read_json(record_path) or {}
     stores = record.get("stores", {})
     known = stores.get(uri, {})

@@ -22,8 +22,6 @@ from .config import RunConfig
 ENTRY_POINTS = {
     "train": "wsss_core.training.trainer:train",
     "make_cams": "wsss_core.training.cams:make_cams",
-    "train_amn": "wsss_core.training.amn_stages:train_amn",
-    "make_amn_cams": "wsss_core.training.amn_stages:make_amn_cams",
 }
 
 

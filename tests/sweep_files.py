@@ -1,4 +1,4 @@
-"""Tiny sweep files for tests and benchmarks: seconds per trial on a CPU core, every stage real."""
+"""Test helper: tiny sweep files for tests and benchmarks, seconds per trial on a CPU core, every stage real."""
 
 from __future__ import annotations
 

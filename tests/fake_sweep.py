@@ -1,14 +1,13 @@
-"""A sweep's outputs without training: real evaluations of made-up CAMs, in the launchers' record format.
+"""Test helper: a sweep's outputs without training, real evaluations of made-up CAMs, as trial records.
 
-For tests and demos of tracking and reporting. Each trial's CAMs are the ground-truth masks blurred by
+For the tracking and report tests. Each trial's CAMs are the ground-truth masks blurred by
 a method-dependent amount plus seed-dependent noise, so methods differ, seeds scatter, and every number
-comes from the real ``evaluate_cams``. Trial records follow the launchers' contract:
-``<workdir>/sweeps/<sweep>/trials/<trial_id>.json``.
+comes from the real ``evaluate_cams``. Trial records and stage folders follow the work dir's layout
+(:mod:`wsss_core.pipeline.layout`).
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -18,10 +17,11 @@ from typing import Any, Sequence
 import numpy as np
 from scipy import ndimage
 
-from ..evaluation.cam_store import CamStore
-from ..evaluation.evaluate import evaluate_cams
-from ..evaluation.ground_truth import read_gt_mask, read_split_ids
-from ..evaluation.report import write_eval_outputs
+from wsss_core.evaluation.cam_store import CamStore
+from wsss_core.evaluation.evaluate import evaluate_cams
+from wsss_core.evaluation.ground_truth import read_gt_mask, read_split_ids
+from wsss_core.evaluation.report import write_eval_outputs
+from wsss_core.pipeline import layout
 
 ADDON_SETTINGS: dict[str, tuple[list[str], str | None]] = {
     "none": ([], None),
@@ -73,7 +73,7 @@ def fake_sweep(workdir: str | Path, sweep_name: str, data_root: str | Path, spli
         for a, (label, (addons, posterior)) in enumerate(settings.items()):
             for seed in seeds:
                 trial_id = f"{baseline}-{label}-s{seed}"
-                stage_root = workdir / "stages" / trial_id
+                stage_root = layout.stages_root(workdir) / trial_id
                 stage_dirs = {"train": stage_root / "train", "eval": stage_root / "eval"}
                 for path in stage_dirs.values():
                     path.mkdir(parents=True, exist_ok=True)
@@ -100,9 +100,8 @@ def fake_sweep(workdir: str | Path, sweep_name: str, data_root: str | Path, spli
 
 
 def write_trial_record(workdir: str | Path, sweep_name: str, record: dict) -> Path:
-    path = Path(workdir) / "sweeps" / sweep_name / "trials" / f"{record['trial_id']}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2) + "\n")
+    path = layout.trial_path(Path(workdir), sweep_name, record["trial_id"])
+    layout.write_trial(path, record)
     return path
 
 
@@ -113,7 +112,7 @@ def initialised_sqlite_store(path: str | Path) -> str:
     """A SQLite MLflow store at ``path`` with its schema created, copied from one made once per process
     (creating the schema runs MLflow's migrations: ~10 s). Returns its tracking URI."""
     global _TEMPLATE
-    from .store import init_store
+    from wsss_core.tracking.store import init_store
 
     if _TEMPLATE is None or not _TEMPLATE.is_file():
         template = Path(tempfile.mkdtemp(prefix="wsss-mlflow-template-")) / "mlflow.db"
