@@ -6,7 +6,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from wsss_core.config import load_yaml
 from wsss_core.errors import ConfigError
 
 
@@ -32,6 +31,8 @@ def sweep_name(spec: str) -> str:
     """A sweep name as given, or the ``name:`` of a sweep YAML file."""
     path = Path(spec)
     if path.suffix in (".yaml", ".yml") or path.is_file():
+        from wsss_core.config import load_yaml
+
         data = load_yaml(path)
         name = data.get("name")
         if not isinstance(name, str) or not name:
@@ -51,6 +52,6 @@ def run_report(args: argparse.Namespace) -> int:
                           fixed_threshold=args.fixed_threshold, out_dir=args.out)
     trials = report["trials"]
     print(f"sweep {name}: {len(trials)} trials from {args.source}")
-    print(report["markdown"])
+    print(report["text"])
     print(f"tables and plots in {report['out_dir']}", file=sys.stderr)
     return 0

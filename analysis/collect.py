@@ -25,6 +25,7 @@ from wsss_core.pipeline import layout
 SCORES = ("best_miou", "best_threshold", "fixed_miou", "robust_mean_miou", "robust_width",
           "contour_f_best", "contour_precision_best", "contour_recall_best",
           "contour_f_fixed", "contour_precision_fixed", "contour_recall_fixed")
+CONTEXT = ("eval_data_root", "eval_split", "eval_num_classes", "eval_protocol", "eval_pred_255")
 CONTOUR = (("f", "contour_f"), ("precision", "contour_precision"), ("recall", "contour_recall"))
 
 
@@ -60,12 +61,21 @@ def scores_from_eval(result: dict, fixed_threshold: float, where: str) -> dict[s
     out = {"best_miou": _num(best.get("miou")), "best_threshold": _num(best.get("threshold")),
            "fixed_miou": _num(fixed[0].get("miou")) if fixed else math.nan,
            "robust_mean_miou": _num(rob.get("mean_miou_near_best")), "robust_width": _num(rob.get("plateau_width")),
-           "curve": curve}
+           "curve": curve, **evaluation_context(result)}
     for which, threshold in (("best", best.get("threshold")), ("fixed", fixed_threshold)):
         entry = next((b for b in result.get("boundary") or [] if same_threshold(b.get("threshold"), threshold)), None)
         for key, name in CONTOUR:
             out[f"{name}_{which}"] = _num(entry.get(key)) if entry else math.nan
     return out
+
+
+def evaluation_context(result: dict) -> dict[str, Any]:
+    """Where and how a trial was scored: the split the calibration rows are computed on, and the protocol."""
+    protocol = result.get("protocol")
+    return {"eval_data_root": result.get("data_root"), "eval_split": result.get("split"),
+            "eval_num_classes": result.get("num_classes"),
+            "eval_protocol": protocol.get("name") if isinstance(protocol, dict) else protocol,
+            "eval_pred_255": result.get("pred_255")}
 
 
 def trials_from_records(sweep_name: str, workdir: str | Path, fixed_threshold: float = 0.25) -> pd.DataFrame:
@@ -120,7 +130,7 @@ def _frame(rows: list[dict]) -> pd.DataFrame:
 
 
 def axis_columns(frame: pd.DataFrame) -> list[str]:
-    fixed = {"trial_id", "trial_index", "addons_list", "posterior", "curve", *SCORES}
+    fixed = {"trial_id", "trial_index", "addons_list", "posterior", "curve", *SCORES, *CONTEXT}
     return [c for c in frame.columns if c not in fixed]
 
 
@@ -175,7 +185,10 @@ def _row_from_run(mlflow_client, run, fixed_threshold: float) -> dict[str, Any]:
            "best_miou": metrics.get("best_miou", math.nan), "best_threshold": metrics.get("best_threshold", math.nan),
            "fixed_miou": float(fixed[0]) if fixed else math.nan,
            "robust_mean_miou": metrics.get("robust_mean_miou", math.nan),
-           "robust_width": metrics.get("robust_width", math.nan), "curve": curve}
+           "robust_width": metrics.get("robust_width", math.nan), "curve": curve,
+           "eval_data_root": tags.get("eval_data_root"), "eval_split": tags.get("eval_split"),
+           "eval_num_classes": _typed(tags.get("eval_num_classes")), "eval_protocol": tags.get("eval_protocol"),
+           "eval_pred_255": tags.get("eval_pred_255")}
     for which, suffix in (("best", "best"), ("fixed", f"t{fixed_threshold:g}")):
         for _, name in CONTOUR:
             row[f"{name}_{which}"] = metrics.get(f"{name}_{suffix}", math.nan)

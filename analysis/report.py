@@ -10,7 +10,7 @@ import pandas as pd
 from wsss_core.errors import ConfigError
 
 from . import plots, tables
-from .collect import ReportError, trials_from_mlflow, trials_from_records
+from .collect import CONTEXT, ReportError, _warn, trials_from_mlflow, trials_from_records
 
 Source = Literal["records", "mlflow"]
 
@@ -57,18 +57,64 @@ def build_report(sweep_name: str, workdir: str | Path, source: Source = "records
          "(Δ against no add-on)", n_rows),
         ("robustness", robustness, tables.robustness_grid(robustness),
          f"{sweep_name}: threshold robustness", n_methods),
-        ("contour", contour, tables.contour_grid(contour), f"{sweep_name}: contour quality (boundary F, %)",
-         n_methods),
+        ("contour", contour, tables.contour_grid(contour),
+         f"{sweep_name}: contour quality (boundary F, %). {tables.CONTOUR_AVERAGING}", n_methods),
     ):
         for kind, path in tables.write_table(table, grid, out, name, caption, n_text=n_text).items():
             paths[f"{name}_{kind}"] = path
+    calibration, protocol_line = calibrate(trials, out)
+    if calibration:
+        frame = pd.DataFrame(calibration)
+        paths.update({f"calibration_{kind}": path for kind, path in tables.write_table(
+            frame, tables.calibration_grid(calibration), out, "calibration",
+            f"{sweep_name}: trivial predictions from the ground truth on the same split ({protocol_line})").items()})
+        for name in ("ablation", "contour"):  # beside the trials, in the same units
+            scores = ("miou",) if name == "ablation" else ("contour_f", "contour_precision", "contour_recall")
+            with paths[f"{name}_md"].open("a") as md:
+                md.write("\n" + tables.to_markdown(*tables.calibration_grid(calibration, scores)))
+    for name in ("ablation", "robustness", "contour"):
+        path = paths[f"{name}_md"]
+        note = f"\n{tables.CONTOUR_AVERAGING}\n" if name == "contour" else ""
+        path.write_text(f"Evaluation protocol: {protocol_line}\n\n" + path.read_text() + note)
     trials.drop(columns=["curve"]).to_csv(out / "trials.csv", index=False)
     paths["trials_csv"] = out / "trials.csv"
     paths["threshold_curves_png"] = plots.plot_threshold_curves(trials, out / "threshold_curves.png",
                                                                 title=f"{sweep_name}: mIoU versus threshold")
     paths["addon_delta_png"] = plots.plot_addon_deltas(ablation, out / "addon_delta.png")
+    text = (f"Evaluation protocol: {protocol_line}\nmIoU and boundary F in %, mean ± std over seeds; Δ against "
+            f"the no-add-on setting.\n\n" + tables.to_text(*tables.ablation_long_grid(ablation, contour)))
+    if calibration:
+        text += "\n" + tables.to_text(*tables.calibration_grid(calibration, ("miou", "contour_f")))
     return {"trials": trials, "ablation": ablation, "robustness": robustness, "contour": contour, "paths": paths,
-            "markdown": format_ablation_markdown(ablation), "out_dir": out}
+            "calibration": calibration, "protocol": protocol_line, "markdown": format_ablation_markdown(ablation),
+            "text": text, "out_dir": out}
+
+
+def calibrate(trials: pd.DataFrame, out: Path) -> tuple[list[dict], str]:
+    """Calibration rows on the split the trials were scored on, with their protocol, and a line naming
+    the protocol. Trials scored on different splits or protocols are not one table: that is an error."""
+    from wsss_core.evaluation.protocols import PRED_255_CHOICES, resolve_protocol
+
+    from .calibration import calibration_rows
+
+    context = trials[list(CONTEXT)].drop_duplicates()
+    if len(context) != 1:
+        listing = "; ".join(f"{r.eval_split} of {r.eval_data_root} ({r.eval_protocol})" for r in context.itertuples())
+        raise ReportError(f"the trials were scored on different splits or protocols ({listing}); report them "
+                          "separately (e.g. with --set overrides) so each table compares like with like")
+    row = context.iloc[0]
+    name = row["eval_protocol"] if isinstance(row["eval_protocol"], str) and row["eval_protocol"] != "none" else None
+    if name is None:
+        return [], "not recorded (evaluated before protocols were recorded; re-run the eval stage)"
+    pred_255 = row["eval_pred_255"] if row["eval_pred_255"] in PRED_255_CHOICES else None
+    spec = resolve_protocol(name, pred_255)
+    line = f"{spec.label} ({spec.reference})"
+    root, split = row["eval_data_root"], row["eval_split"]
+    if not isinstance(root, str) or not Path(root).is_dir():
+        _warn(f"calibration rows left out: the evaluated split's data root {root!r} is not readable here")
+        return [], line
+    rows = calibration_rows(root, split, int(row["eval_num_classes"]), spec, cache_dir=out)
+    return rows, line
 
 
 def format_ablation_markdown(ablation: pd.DataFrame | dict) -> str:

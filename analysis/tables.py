@@ -136,6 +136,52 @@ def ablation_grid(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     return header, out
 
 
+def ablation_long_grid(table: pd.DataFrame, contour: pd.DataFrame | None = None) -> tuple[list[str], list[list[str]]]:
+    """The ablation as one row per (baseline, …, add-on setting), for a terminal of 80–120 columns: mIoU at
+    the best and the fixed threshold with their Δ against no add-on, the boundary F at the best threshold
+    and the seed count. The files keep the paper layout (:func:`ablation_grid`)."""
+    rows_axes = table.attrs["rows"]
+    fixed = table.attrs["fixed_threshold"]
+    keys = rows_axes + [SETTING_AXIS]
+    header = (rows_axes or []) + ["add-ons", "mIoU best t", "Δ", f"mIoU t={fixed:g}", "Δ"]
+    f_best = None
+    if contour is not None and "contour_f_best_mean" in contour:
+        f_best = contour.set_index(keys)["contour_f_best_mean"] if keys else None
+        header.append("F best t")
+    header.append("seeds")
+
+    def delta(value: float) -> str:
+        return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:+.1f}"
+
+    out = []
+    for _, r in table.iterrows():
+        line = [str(r[a]) for a in rows_axes] + [str(r[SETTING_AXIS]),
+                                                 cell(r["best_miou_mean"], r["best_miou_std"]), delta(r["best_miou_delta"]),
+                                                 cell(r["fixed_miou_mean"], r["fixed_miou_std"]), delta(r["fixed_miou_delta"])]
+        if f_best is not None:
+            key = tuple(r[k] for k in keys)
+            line.append(cell(f_best.get(key if len(key) > 1 else key[0], math.nan), None))
+        line.append(str(r["n_seeds"]))
+        out.append(line)
+    return header, out
+
+
+def to_text(header: list[str], rows: list[list[str]]) -> str:
+    """A plain aligned table for the terminal (text left, numbers right)."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    numeric = [all(not r[i] or r[i][0] in "+-–0123456789" for r in rows) for i in range(len(header))]
+
+    def line(cells):
+        return "  ".join(c.rjust(w) if num else c.ljust(w) for c, w, num in zip(cells, widths, numeric)).rstrip()
+
+    return "\n".join([line(header), "  ".join("-" * w for w in widths)] + [line(r) for r in rows]) + "\n"
+
+
+CONTOUR_AVERAGING = ("P and R are summed over the split per class (matched boundary pixels over all boundary "
+                     "pixels), F is each class's harmonic mean of its P and R, and each column is the mean over "
+                     "foreground classes — so F is not the harmonic mean of the mean P and mean R shown.")
+
+
 def robustness_grid(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     methods = table.attrs["methods"]
     header = methods + ["best threshold", "mIoU within ±0.1 of best", "width within 1 pt", "seeds"]
@@ -160,6 +206,14 @@ def contour_grid(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
             line += [cell(r[f"contour_{m}_{which}_mean"], r[f"contour_{m}_{which}_std"]) for m in ("f", "precision", "recall")]
         rows.append(line)
     return header, rows
+
+
+def calibration_grid(rows: list[dict], scores: tuple[str, ...] = ("miou", "contour_f", "contour_precision",
+                                                                     "contour_recall")) -> tuple[list[str], list[list[str]]]:
+    """The calibration rows (trivial predictions from the ground truth) as a small table, in percent."""
+    names = {"miou": "mIoU", "contour_f": "F", "contour_precision": "P", "contour_recall": "R"}
+    header = ["calibration (no network)"] + [names[s] for s in scores]
+    return header, [[r["name"]] + [cell(r[s], None) for s in scores] for r in rows]
 
 
 def to_markdown(header: list[str], rows: list[list[str]]) -> str:

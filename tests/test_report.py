@@ -115,7 +115,15 @@ def test_wsss_report_cli_reads_the_sweep_name_from_its_file(sweep, tmp_path, cap
     assert wsss(["report", str(sweep_file), "--workdir", str(workdir), "--from", "mlflow", "--out", str(out),
                  "--fixed-threshold", "0.3"]) == 0
     printed = capsys.readouterr().out
-    assert f"{len(trials)} trials" in printed and "none (t=0.3)" in printed
-    assert (out / "ablation.md").read_text().strip() in printed
+    assert f"{len(trials)} trials" in printed and "mIoU t=0.3" in printed
+    # the terminal gets one row per baseline x add-on setting, readable in 120 columns; the file keeps the
+    # paper layout (settings as columns); both name the protocol and carry the calibration rows
+    assert max(len(line) for line in printed.splitlines()) <= 120
+    for baseline, setting in {(t.record["baseline"], t.record["axes"]["addons"]) for t in trials}:
+        assert any(line.split()[:2] == [baseline, setting] for line in printed.splitlines()), (baseline, setting)
+    md = (out / "ablation.md").read_text()
+    assert "none (t=0.3)" in md and md.startswith("Evaluation protocol: irn")
+    for text in (printed, md):
+        assert "all background" in text and "ground-truth boxes" in text
     assert wsss(["report", "no-such-sweep", "--workdir", str(workdir)]) == 2
     assert "no trial records" in capsys.readouterr().err

@@ -74,7 +74,7 @@ def ablation_markdown(sweep_name: str, workdir: Path, records: list[dict]) -> st
     except WsssError as exc:
         print(f"wsss demo: report: {exc}; showing the compact table", file=sys.stderr)
         return compact_table(records)
-    return f"{report['markdown']}\n\n(full report: {report['out_dir']})"
+    return f"{report['text']}\n(full report: {report['out_dir']})"
 
 
 def run_demo(args: argparse.Namespace) -> int:

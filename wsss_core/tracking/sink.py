@@ -271,7 +271,11 @@ class StageSink:
         """The evaluation of this stage: threshold curves, summary metrics, eval.json / eval.csv /
         threshold_curve.png from ``eval_dir`` and an image / CAM / pseudo-label / ground-truth grid."""
         series, summary, scale = eval_metrics(result)
-        self.set_tags({"threshold_step_scale": scale, "eval_split": result.get("split")})
+        protocol = result.get("protocol")
+        self.set_tags({"threshold_step_scale": scale, "eval_split": result.get("split"),
+                       "eval_data_root": result.get("data_root"), "eval_num_classes": result.get("num_classes"),
+                       "eval_protocol": protocol.get("name") if isinstance(protocol, dict) else protocol,
+                       "eval_pred_255": result.get("pred_255")})
         points = {name: values for name, values in series.items() if values}
         points.update({name: [(0, value)] for name, value in summary.items()})
         self._log_points(points)
