@@ -52,3 +52,20 @@ def test_import_errors_name_the_file(tmp_path):
         import_cams(src, "seam", tmp_path / "s3", num_classes=20)
     with pytest.raises(ConfigError, match="valid choices: irn, seam"):
         import_cams(src, "chainer", tmp_path / "s4", num_classes=20)
+
+
+def test_seam_released_min_max_negatives_import_with_the_same_labels(tmp_path):
+    """infer_SEAM.py's normalisation: s < min + 1e-5 -> 0, then (s - min - 1e-5) / (max - min + 1e-5), so each
+    class's minimum pixels come out negative. The import keeps every label at every threshold t >= 0."""
+    raw = np.array([[0.5, 2.0, 4.5], [0.5, 1.0, 3.0]], np.float32)
+    low, high = raw.min(), raw.max()
+    zeroed = np.where(raw < low + 1e-5, 0.0, raw)
+    released = ((zeroed - low - 1e-5) / (high - low + 1e-5)).astype(np.float32)
+    assert (released < 0).any()  # what SEAM writes
+    src = tmp_path / "seam"
+    src.mkdir()
+    np.save(src / "img.npy", {3: released})
+    keys, cams = import_cams(src, "seam", tmp_path / "store", num_classes=20).read("img")
+    assert keys.tolist() == [3] and (cams >= 0).all()
+    for t in (0.0, 0.01, 0.25, 0.5, 0.99):
+        np.testing.assert_array_equal(cams[0] > np.float32(t), released > np.float32(t))

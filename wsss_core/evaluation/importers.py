@@ -69,7 +69,9 @@ def read_seam_file(path: Path) -> tuple[np.ndarray, np.ndarray, None]:
     if len(shapes) > 1 or any(len(s) != 2 for s in shapes):
         raise CamStoreError(f"{path}: image {path.stem!r}: maps must all be H x W of one size, got {sorted(shapes)}")
     cams = np.stack(maps) if maps else np.zeros((0, 0, 0), np.float32)
-    return keys, cams, None
+    # SEAM's released min-max leaves each class's minimum pixels slightly below 0 ((0 - min - 1e-5) / …);
+    # the store holds maps >= 0. Clamping changes no label at any threshold t >= 0 (fg iff max > t).
+    return keys, np.maximum(cams, 0.0), None
 
 
 def _load_dict(path: Path) -> dict:
