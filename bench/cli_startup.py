@@ -4,13 +4,15 @@
 
 ``--compare REF`` also times the checkout of git revision REF (a temporary `git worktree` under /tmp,
 removed afterwards), command by command in the same run, so before/after share the machine's load.
-Each run is one new interpreter running ``wsss_core.cli.main`` on the given tree (``PYTHONPATH``), as the
-``wsss`` console script does; "python (bare)" is the floor: an interpreter that imports nothing.
+Each run is one new interpreter running the CLI's ``main`` (``wsss.cli``; ``wsss_core.cli`` before it
+moved) on the given tree (``PYTHONPATH``), as the ``wsss`` console script does; "python (bare)" is the
+floor: an interpreter that imports nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import shutil
 import statistics
@@ -21,14 +23,22 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-MAIN = "import sys; from wsss_core.cli import main; sys.exit(main())"
-WHERE = "import sys, wsss_core; print(wsss_core.__file__)"
+WHERE = "import importlib, sys; print(importlib.import_module(sys.argv[1]).__file__)"
+
+
+def cli_module(tree: Path) -> str:
+    """The CLI's module in ``tree``: ``wsss.cli``, or ``wsss_core.cli`` in checkouts from before the move."""
+    return "wsss.cli" if (tree / "wsss" / "cli.py").is_file() else "wsss_core.cli"
+
+
+def main_code(tree: Path) -> str:
+    return f"import sys; from {cli_module(tree)} import main; sys.exit(main())"
 
 
 def command_paths() -> list[tuple[str, ...]]:
     """Every (sub-)command of this checkout's CLI, e.g. ('data', 'synth')."""
     sys.path.insert(0, str(ROOT))
-    from wsss_core.cli import build_parser
+    build_parser = importlib.import_module(cli_module(ROOT)).build_parser
 
     def walk(parser: argparse.ArgumentParser, prefix: tuple[str, ...]) -> list[tuple[str, ...]]:
         out = []
@@ -53,12 +63,12 @@ def run_once(tree: Path, code: str, argv: list[str]) -> float:
 
 
 def check_tree(tree: Path) -> None:
-    """The interpreter must import wsss_core from ``tree``, not from the editable install of another checkout."""
+    """The interpreter must import the CLI from ``tree``, not from the editable install of another checkout."""
     env = {**os.environ, "PYTHONPATH": str(tree)}
-    where = subprocess.run([sys.executable, "-c", WHERE], cwd=tree, env=env, capture_output=True, text=True,
-                           check=True).stdout.strip()
+    where = subprocess.run([sys.executable, "-c", WHERE, cli_module(tree)], cwd=tree, env=env, capture_output=True,
+                           text=True, check=True).stdout.strip()
     if not Path(where).resolve().is_relative_to(tree.resolve()):
-        raise SystemExit(f"{tree}: wsss_core resolves to {where}, not to this tree")
+        raise SystemExit(f"{tree}: {cli_module(tree)} resolves to {where}, not to this tree")
 
 
 def main() -> None:
@@ -87,7 +97,7 @@ def main() -> None:
             times: dict[Path, list[float]] = {tree: [] for tree in trees.values()}
             for _ in range(args.runs):
                 for tree in trees.values():
-                    times[tree].append(run_once(tree, MAIN, argv))
+                    times[tree].append(run_once(tree, main_code(tree), argv))
             rows.append(("wsss " + " ".join(argv), [statistics.median(times[t]) for t in trees.values()]))
             print(f"  {rows[-1][0]}: " + ", ".join(f"{v:.3f} s" for v in rows[-1][1]), file=sys.stderr)
     finally:

@@ -1,5 +1,6 @@
 """GPU check of the training and CAM paths: each baseline's training step at its reference crop and batch in
-fp32 and bf16 autocast (NCHW and channels-last; torch.compile on top where asked), CAM generation per image
+fp32 (torch's default, which runs cuDNN convolutions in TF32, and with TF32 off) and bf16 autocast (NCHW and
+channels-last; torch.compile on top where asked), CAM generation per image
 against batched, one DDP step over NCCL at world size 1, and the project's trainer on the GPU through torchrun.
 
     bash bench/gpu_check.sh                 # what to run on a machine with a CUDA GPU (about 5 minutes on an H200)
@@ -27,11 +28,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,8 +41,11 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from wsss_core.baselines.compose import build_model  # noqa: E402
+from wsss_core.data.transforms import normalize_image  # noqa: E402
 from wsss_core.training.config import load_run_config  # noqa: E402
 from wsss_core.training.optim import build_sgd  # noqa: E402
+
+CLI = "wsss.cli" if (ROOT / "wsss" / "cli.py").is_file() else "wsss_core.cli"  # the `wsss` command's module
 
 # The papers' training settings (sweeps/*_paper.yaml): backbone, its options, crop, per-GPU batch.
 REFERENCE = {
@@ -51,8 +56,10 @@ REFERENCE = {
 # --smoke: the same sections and code paths at sizes a 2-core CPU runs in seconds.
 SMOKE_BACKBONE = ("small", {"widths": [8, 16, 32], "output_stride": 4})
 SMOKE_CROP, SMOKE_BATCH = 32, 2
-# Training-step variants: (autocast dtype or None, channels-last).
-VARIANTS = [(None, False), (None, True), (torch.bfloat16, False), (torch.bfloat16, True)]
+# Training-step variants: (dtype label, autocast dtype or None, channels-last). "fp32" is torch's default, in
+# which cuDNN runs fp32 convolutions on TF32 tensor cores; "fp32-noTF32" turns that off (IEEE fp32 throughout).
+VARIANTS = [("fp32", None, False), ("fp32-noTF32", None, False), ("fp32", None, True), ("bf16", torch.bfloat16, False),
+            ("bf16", torch.bfloat16, True)]
 CAM_SCALES = (1.0, 0.5, 1.5, 2.0)  # the project's default cams.scales (IRN's), with flip
 NUM_CLASSES = 20  # PASCAL VOC
 SECTIONS = ("train", "compile", "cams", "ddp", "trainer")
@@ -134,12 +141,13 @@ class Check:
         targets = [b for b in self.args.baselines if not compile_mode or b in self.args.compile]
         for baseline in targets:
             backbone, options, crop, batch = self.setting(baseline)
-            variants = [(torch.bfloat16, True)] if compile_mode else VARIANTS
+            variants = [VARIANTS[-1]] if compile_mode else VARIANTS
             if self.args.smoke and not compile_mode:
-                variants = [VARIANTS[0], VARIANTS[-1]]  # fp32 NCHW and bf16 channels-last cover every code path
-            for dtype, channels_last in variants:
+                # fp32 NCHW and bf16 channels-last (and, once, fp32 without TF32) cover every code path
+                variants = [VARIANTS[0], VARIANTS[-1]] + ([VARIANTS[1]] if baseline == "cam" else [])
+            for label, dtype, channels_last in variants:
                 row = Row("compile" if compile_mode else "train", f"{baseline} ({backbone})", f"{crop}x{batch}",
-                          dtype_name(dtype), "channels-last" if channels_last else "NCHW",
+                          label, "channels-last" if channels_last else "NCHW",
                           self.args.compile_backend if compile_mode else "eager")
                 if self.over_budget():
                     row.note = "skipped: time budget spent"
@@ -147,8 +155,9 @@ class Check:
                     continue
                 self.reset_memory()
                 try:
-                    row.images_per_s = self.train_rate(baseline, backbone, options, crop, batch, dtype, channels_last,
-                                                       compile_mode)
+                    with tf32(label != "fp32-noTF32"):
+                        row.images_per_s = self.train_rate(baseline, backbone, options, crop, batch, dtype,
+                                                           channels_last, compile_mode)
                     row.peak_mem_gib = self.peak_gib()
                 except Exception as exc:  # noqa: BLE001 - one failing variant (OOM, compile) must not stop the rest
                     row.note = failure(exc)
@@ -199,57 +208,62 @@ class Check:
         return time.perf_counter() - start
 
     def cam_generation(self) -> None:
-        """CAM baseline, multi-scale x flip CAMs: the per-image loop against one batched call (where the
-        baselines expose one), fp32 and bf16; maps of the two paths compared."""
+        """CAM baseline, multi-scale x flip CAMs of same-size images, fp32 and bf16: one image per call against
+        all of them in one call, with each scale's input made either from the normalised tensor (bilinear) or as
+        the references and ``make_cams`` by default make it (uint8 image resized with PIL bicubic on the CPU,
+        then normalised; included in the time). Where this checkout has no batched CAM API (``batch_cams``),
+        the per-image loop alone is measured. The maps of one image per call and of the batch are compared."""
         backbone, options, _, _ = self.setting("cam")
         height, width = (24, 32) if self.args.smoke else (368, 496)  # about a VOC image
         count = 2 if self.args.smoke else self.args.cam_images
-        batched_api = batched_cam_api()
+        api = cam_api()
         model = make_model("cam", backbone, options, self.device, channels_last=False).eval()
-        generator = torch.Generator(device=self.device).manual_seed(0)
-        images = torch.randn(count, 3, height, width, device=self.device, generator=generator)
-        labels = (torch.rand(count, NUM_CLASSES, device=self.device, generator=generator) < 0.15).float()
+        rng = np.random.default_rng(0)
+        uint8_images = [rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in range(count)]
+        images = torch.stack([torch.from_numpy(normalize_image(image)) for image in uint8_images]).to(self.device)
+        labels = torch.from_numpy((rng.random((count, NUM_CLASSES)) < 0.15).astype(np.float32)).to(self.device)
         labels[:, 0] = 1.0
         scales = CAM_SCALES[:2] if self.args.smoke else CAM_SCALES
-        maps: dict[str, list[torch.Tensor]] = {}
+        baseline = model.baseline
+        paths: dict[tuple[str, str], Callable[[], list[torch.Tensor]] | None] = {
+            ("tensor", "per-image"): lambda: [baseline.multiscale_cams(images[i:i + 1], labels[i], scales, True).cams
+                                              for i in range(count)],
+            ("tensor", "batched"): None if api is None else lambda: [
+                r.cams for r in baseline.batch_cams(api.tensor_scaled_inputs(images, scales), labels, True)],
+            ("reference", "per-image"): None if api is None else lambda: [
+                baseline.batch_cams(api.scaled_inputs(uint8_images[i:i + 1], scales, "pil_bicubic", self.device),
+                                    labels[i:i + 1], True)[0].cams for i in range(count)],
+            ("reference", "batched"): None if api is None else lambda: [
+                r.cams for r in baseline.batch_cams(api.scaled_inputs(uint8_images, scales, "pil_bicubic",
+                                                                      self.device), labels, True)],
+        }
+        maps: dict[tuple[str, str, str], list[torch.Tensor]] = {}
         for dtype in (None, torch.bfloat16):
-            for path in ("per-image", "batched"):
-                row = Row("cams", "cam (" + backbone + ")", f"{height}x{width}x{count}", dtype_name(dtype), "NCHW",
-                          "eager", note=f"scales {list(scales)} x flip")
-                if path == "batched" and batched_api is None:
-                    row.note = "no batched CAM API in this checkout (Baseline.batch_cams)"
-                    self.add(row)
-                    continue
-                if self.over_budget():
+            for (inputs, calls), fn in paths.items():
+                row = Row("cams", f"cam ({backbone}), {inputs} inputs", f"{height}x{width}x{count}", dtype_name(dtype),
+                          "NCHW", "eager", note=f"{calls}; scales {list(scales)} x flip")
+                if fn is None:
+                    row.note = f"{calls}: no batched CAM API in this checkout (Baseline.batch_cams)"
+                elif self.over_budget():
                     row.note = "skipped: time budget spent"
-                    self.add(row)
-                    continue
-
-                def run_per_image() -> list[torch.Tensor]:
-                    return [model.baseline.multiscale_cams(images[i:i + 1], labels[i], scales, True).cams
-                            for i in range(count)]
-
-                def run_batched() -> list[torch.Tensor]:
-                    return [r.cams for r in batched_api(model.baseline, images, labels, scales, True)]
-
-                fn = run_per_image if path == "per-image" else run_batched
-                self.reset_memory()
-                try:
-                    with torch.no_grad(), autocast(self.device, dtype):
-                        seconds = self.timed(fn, self.args.warmup, self.args.cam_repeats)
-                        maps[f"{dtype_name(dtype)} {path}"] = [m.float().cpu() for m in fn()]
-                    row.images_per_s = count * self.args.cam_repeats / seconds
-                    row.peak_mem_gib = self.peak_gib()
-                    row.note = f"{path}; " + row.note
-                except Exception as exc:  # noqa: BLE001
-                    row.note = f"{path}: {failure(exc)}"
+                else:
+                    self.reset_memory()
+                    try:
+                        with torch.no_grad(), autocast(self.device, dtype):
+                            seconds = self.timed(fn, self.args.warmup, self.args.cam_repeats)
+                            maps[(dtype_name(dtype), inputs, calls)] = [m.float().cpu() for m in fn()]
+                        row.images_per_s = count * self.args.cam_repeats / seconds
+                        row.peak_mem_gib = self.peak_gib()
+                    except Exception as exc:  # noqa: BLE001
+                        row.note = f"{calls}: {failure(exc)}"
                 self.add(row)
         for dtype in ("fp32", "bf16"):
-            a, b = maps.get(f"{dtype} per-image"), maps.get(f"{dtype} batched")
-            if a and b:
-                diff = max(float((x - y).abs().max()) for x, y in zip(a, b)) if all(
-                    x.shape == y.shape for x, y in zip(a, b)) else float("nan")
-                self.add(Row("cams", "batched vs per-image", "", dtype, "", "", note=f"max |diff| of maps {diff:.2e}"))
+            for inputs in ("tensor", "reference"):
+                one, batch = maps.get((dtype, inputs, "per-image")), maps.get((dtype, inputs, "batched"))
+                if one and batch:
+                    diff = max(float((a - b).abs().max()) for a, b in zip(one, batch))
+                    self.add(Row("cams", f"batched vs per-image, {inputs} inputs", "", dtype, "", "",
+                                 note=f"max |diff| of maps {diff:.2e}"))
         del model
         self.reset_memory()
 
@@ -327,7 +341,7 @@ class Check:
             n_train = 8 if smoke else batch * gpus * (steps + 2)
             env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
                    "WSSS_PROGRESS": "0"}
-            synth = [sys.executable, "-m", "wsss_core.cli", "data", "synth", "--out", str(data), "--n-train",
+            synth = [sys.executable, "-m", CLI, "data", "synth", "--out", str(data), "--n-train",
                      str(n_train), "--n-aug-extra", "0", "--n-val", "2", "--size", str(size), "--classes", "6"]
             overrides = {"data.root": str(data), "data.train_split": "train", "data.crop": crop,
                          "data.num_workers": 0 if smoke else 8, "model.baseline": "cam", "model.backbone": backbone,
@@ -336,7 +350,7 @@ class Check:
                          "train.checkpoint_every": 100000,
                          "train.device": "cpu" if smoke else "cuda", "train.amp": "bf16"}  # CPU runs fp32
             train = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
-                     "-m", "wsss_core.cli", "train", "--run-dir", str(run_dir), "--resume", "never"]
+                     "-m", CLI, "train", "--run-dir", str(run_dir), "--resume", "never"]
             for key, value in overrides.items():
                 train += ["--set", f"{key}={value}"]
             start = time.perf_counter()
@@ -369,15 +383,25 @@ def make_model(baseline: str, backbone: str, options: dict, device: torch.device
     return model
 
 
-def batched_cam_api() -> Callable | None:
-    """``fn(baseline, images N x 3 x H x W, labels N x C, scales, flip) -> [CamResult]`` through the baselines'
-    batched CAM path, or None where this checkout has none (then only the per-image loop is measured)."""
+def cam_api() -> Any:
+    """The module holding the batched CAM path's input makers (``scaled_inputs``, ``tensor_scaled_inputs``), or
+    None where this checkout has none (then only the per-image loop is measured)."""
     from wsss_core.baselines import base
 
-    if not hasattr(base.Baseline, "batch_cams") or not hasattr(base, "tensor_scaled_inputs"):
-        return None
-    return lambda baseline, images, labels, scales, flip: baseline.batch_cams(
-        base.tensor_scaled_inputs(images, scales), labels, flip)
+    names = ("scaled_inputs", "tensor_scaled_inputs")
+    return base if hasattr(base.Baseline, "batch_cams") and all(hasattr(base, n) for n in names) else None
+
+
+@contextmanager
+def tf32(allowed: bool) -> Iterator[None]:
+    """TF32 for cuDNN convolutions and CUDA matmuls as torch's defaults have it (allowed), or off."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    if not allowed:
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
@@ -432,11 +456,15 @@ def summary_lines(rows: list[Row]) -> list[str]:
             return max(values) if values else None
 
         fp32 = rate(lambda r: r.dtype == "fp32" and r.layout == "NCHW")
+        strict = rate(lambda r: r.dtype == "fp32-noTF32")
         bf16 = rate(lambda r: r.dtype == "bf16")
         if fp32 and bf16:
-            line = f"{baseline}: best bf16 {bf16:.1f} img/s vs fp32 NCHW {fp32:.1f} img/s = {bf16 / fp32:.2f}x"
+            line = (f"{baseline}: best bf16 {bf16:.1f} img/s vs fp32 NCHW {fp32:.1f} img/s (torch default, TF32 "
+                    f"convolutions) = {bf16 / fp32:.2f}x")
+            if strict:
+                line += f"; vs fp32 without TF32 {strict:.1f} img/s = {bf16 / strict:.2f}x"
             if baseline == "cam":
-                line += f" (target >= 2x: {'met' if bf16 / fp32 >= 2 else 'NOT met'})"
+                line += f" (target bf16 >= 2x fp32 default: {'met' if bf16 / fp32 >= 2 else 'NOT met'})"
             lines.append(line)
     return lines
 

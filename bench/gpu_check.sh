@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # GPU check: each baseline's training step (CAM and AMN on ResNet-50 at crop 512 / batch 16, SEAM on ResNet-38 at
-# crop 448 / batch 8; random-init weights, random tensors) in fp32 and bf16 autocast, NCHW and channels-last, and
-# under torch.compile (CAM by default; a compile failure is reported in its row, not fatal); CAM generation per
-# image against batched; one DDP step over NCCL at world size 1; `wsss train` under torchrun on the GPU on the
-# synthetic benchmark. Prints images/s and peak memory side by side as a Markdown table.
+# crop 448 / batch 8; random-init weights, random tensors) in fp32 (torch's default, TF32 convolutions; and with
+# TF32 off) and bf16 autocast, NCHW and channels-last, and under torch.compile (CAM by default; a compile failure
+# is reported in its row, not fatal); CAM generation per image against batched; one DDP step over NCCL at world
+# size 1; `wsss train` under torchrun on the GPU on the synthetic benchmark. Prints images/s and peak memory side
+# by side as a Markdown table.
 #
 #   bash bench/gpu_check.sh              # on a machine with a CUDA GPU: about 5 minutes on an H200
 #   bash bench/gpu_check.sh --smoke      # every section once on CPU at tiny sizes (tests/test_gpu_check.py)

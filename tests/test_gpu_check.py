@@ -48,16 +48,21 @@ def test_smoke_runs_every_section_on_cpu(tmp_path):
     for baseline in ("cam", "seam", "amn"):
         assert ("train", baseline, "fp32", "NCHW") in measured
         assert ("train", baseline, "bf16", "channels-last") in measured
+    assert ("train", "cam", "fp32-noTF32", "NCHW") in measured
     assert ("compile", "cam", "bf16", "channels-last") in measured
-    cams = [r for r in rows if r["section"] == "cams" and r["images_per_s"]]
+    cams = {(r["dtype"], r["what"].split(", ")[1], r["note"].split(";")[0]) for r in rows
+            if r["section"] == "cams" and r["images_per_s"]}
     if hasattr(Baseline, "batch_cams"):
-        assert {(r["dtype"], r["note"].split(";")[0]) for r in cams} == {
-            (dtype, path) for dtype in ("fp32", "bf16") for path in ("per-image", "batched")}
-        # The batched path gives the per-image loop's maps.
-        diffs = {r["dtype"]: float(r["note"].rsplit(" ", 1)[1]) for r in rows if r["what"] == "batched vs per-image"}
-        assert set(diffs) == {"fp32", "bf16"} and diffs["fp32"] <= 1e-5
-    else:  # a checkout without the batched CAM API: the per-image loop alone, and a row saying why
-        assert {r["note"].split(";")[0] for r in cams} == {"per-image"}
+        assert cams == {(dtype, f"{inputs} inputs", calls) for dtype in ("fp32", "bf16")
+                        for inputs in ("tensor", "reference") for calls in ("per-image", "batched")}
+        # One image per call and the whole batch in one call give the same maps.
+        diffs = {(r["dtype"], r["what"]): float(r["note"].rsplit(" ", 1)[1]) for r in rows
+                 if r["what"].startswith("batched vs per-image")}
+        assert len(diffs) == 4
+        assert diffs[("fp32", "batched vs per-image, tensor inputs")] <= 1e-5
+        assert diffs[("fp32", "batched vs per-image, reference inputs")] <= 1e-5
+    else:  # a checkout without the batched CAM API: the per-image loop alone, and rows saying why
+        assert cams == {("fp32", "tensor inputs", "per-image"), ("bf16", "tensor inputs", "per-image")}
         assert any("no batched CAM API" in r["note"] for r in rows)
     ddp = next(r for r in rows if r["section"] == "ddp")
     assert ddp["images_per_s"] > 0 and "all_reduce, all_gather_object, barrier ok" in ddp["note"]
