@@ -227,7 +227,7 @@ def test_wrong_model_disagreeing_aliases_and_unknown_format():
 
 
 def test_wsss_cams_runs_an_imported_irn_checkpoint(irn_file, tmp_path):
-    from wsss_core.cli import main
+    from wsss.cli import main
     from wsss_core.data.synth import generate_synthetic_voc
     from wsss_core.evaluation import CamStore
 

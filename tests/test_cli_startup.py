@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from wsss_core.cli import build_parser
+from wsss.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,7 +22,7 @@ HEAVY = ("torch", "numpy", "scipy", "PIL", "pandas", "matplotlib", "mlflow", "ra
 # Runs `wsss ARGV` as main() does and reports the exit status, the output and which heavy modules got loaded.
 PROBE = """
 import contextlib, io, json, sys
-from wsss_core.cli import main
+from wsss.cli import main
 out = io.StringIO()
 with contextlib.redirect_stdout(out):
     try:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wsss_core.cli import main as wsss_main
+from wsss.cli import main as wsss_main
 from wsss_core.data import build_dataset
 from wsss_core.data.coco import (
     COCOSegmentation, decode_rle_string, encode_rle_string, mask_to_rle, rle_to_mask, write_coco_masks,

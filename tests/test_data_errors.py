@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from wsss_core.cli import main as wsss_main
+from wsss.cli import main as wsss_main
 from wsss_core.data.loading import build_loader, validate_dataset
 from wsss_core.data.synth import generate_synthetic_voc
 from wsss_core.data.transforms import Compose, Normalize, RandomCrop

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wsss_core.cli import main as wsss_main
+from wsss.cli import main as wsss_main
 from wsss_core.data.palette import voc_palette
 from wsss_core.data.synth import class_designs, generate_synthetic_voc
 from wsss_core.data.voc import VOCSegmentation

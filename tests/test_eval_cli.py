@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 
-from wsss_core.cli import main
+from wsss.cli import main
 from wsss_core.evaluation.synthetic import write_synthetic_voc
 
 

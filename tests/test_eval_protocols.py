@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wsss_core.cli import main
+from wsss.cli import main
 from wsss_core.config import from_dict
 from wsss_core.errors import ConfigError
 from wsss_core.evaluation import CamStore, evaluate_cams, evaluate_label_dir, format_table

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from sweep_files import tiny_sweep, write_sweep
-from wsss_core.cli import main
+from wsss.cli import main
 from wsss_core.pipeline import layout
 
 pytestmark = pytest.mark.slow

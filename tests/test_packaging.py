@@ -38,7 +38,7 @@ def test_constraints_pin_torch():
 
 
 def test_wsss_help_lists_subcommands():
-    out = subprocess.run([sys.executable, "-m", "wsss_core.cli", "--help"], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-m", "wsss.cli", "--help"], capture_output=True, text=True, check=True)
     for cmd in ("data", "train", "cams", "eval", "refine", "demo"):
         assert re.search(rf"^\s+{cmd}\b", out.stdout, re.M), f"{cmd!r} missing from wsss --help:\n{out.stdout}"
 

@@ -11,7 +11,7 @@ import pytest
 from launchers.plan import plan_sweep
 from launchers.spec import load_sweep
 from sweep_files import tiny_sweep, write_sweep
-from wsss_core.cli import main
+from wsss.cli import main
 from wsss_core.config import stable_hash
 from wsss_core.errors import ConfigError
 from wsss_core.pipeline import CHAINS, PREVIOUS, StageDef, layout, plan_trial

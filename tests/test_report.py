@@ -13,7 +13,7 @@ import pytest
 from analysis.collect import trials_from_mlflow
 from analysis.report import build_report, format_ablation_markdown
 from fake_sweep import fake_sweep, initialised_sqlite_store
-from wsss_core.cli import main as wsss
+from wsss.cli import main as wsss
 from wsss_core.data.synth import generate_synthetic_voc
 from wsss_core.tracking import prepare_sweep_tracking, stage_sink
 

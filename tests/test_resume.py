@@ -44,7 +44,7 @@ def test_sigkill_then_resume_is_bit_identical(voc_root, tmp_path):
     run_dir = tmp_path / "killed"
     env = {**os.environ, KILL_AFTER_STEP_ENV: "10", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
            "WSSS_PROGRESS": "0"}
-    command = [sys.executable, "-m", "wsss_core.cli", "train", "--run-dir", str(run_dir)]
+    command = [sys.executable, "-m", "wsss.cli", "train", "--run-dir", str(run_dir)]
     for item in overrides(voc_root):
         command += ["--set", item]
     proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)

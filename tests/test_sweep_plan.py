@@ -7,7 +7,7 @@ from pathlib import Path
 from launchers.plan import estimate_hours, plan_sweep
 from launchers.spec import load_sweep
 from sweep_files import tiny_sweep, write_sweep
-from wsss_core.cli import main
+from wsss.cli import main
 from wsss_core.pipeline import layout
 
 ADDONS = {"none": [], "is_binomial": [{"name": "importance_sampling", "posterior": "binomial"}],

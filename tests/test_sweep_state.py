@@ -116,7 +116,7 @@ def test_dead_owner_is_stale_and_live_owner_is_reattached(tmp_path):
 def test_two_concurrent_submissions_of_one_sweep_run_each_trial_once(tmp_path):
     path = write_sweep(tmp_path / "twice.yaml", tiny_sweep("twice", axes={"seed": [0, 1]}))
     workdir = tmp_path / "work"
-    cmd = [sys.executable, "-m", "wsss_core.cli", "sweep", "run", str(path), "--workdir", str(workdir),
+    cmd = [sys.executable, "-m", "wsss.cli", "sweep", "run", str(path), "--workdir", str(workdir),
            "--no-tracking"]
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
     outputs = [p.communicate(timeout=300)[0] for p in procs]

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from fake_sweep import fake_sweep, initialised_sqlite_store
-from wsss_core.cli import main as wsss
+from wsss.cli import main as wsss
 from wsss_core.data.synth import generate_synthetic_voc
 from wsss_core.tracking import prepare_sweep_tracking, stage_sink
 from wsss_core.tracking.cli import sweep_links
@@ -41,7 +41,7 @@ class Server:
 
     def start(self) -> None:
         env = {**os.environ, "PYTHONPATH": str(REPO), "WSSS_PROGRESS": "0"}
-        self.process = subprocess.Popen([sys.executable, "-m", "wsss_core.cli", "ui", "--workdir", str(self.workdir),
+        self.process = subprocess.Popen([sys.executable, "-m", "wsss.cli", "ui", "--workdir", str(self.workdir),
                                          "--port", str(self.port)], env=env, stdout=subprocess.PIPE, text=True)
         line = self.process.stdout.readline()  # printed once the server answers /health
         assert line.startswith(f"MLflow UI: {self.url}"), line

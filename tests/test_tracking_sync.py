@@ -9,7 +9,7 @@ import socket
 from dataclasses import replace
 
 from fake_sweep import fake_sweep, initialised_sqlite_store
-from wsss_core.cli import main as wsss
+from wsss.cli import main as wsss
 from wsss_core.data.synth import generate_synthetic_voc
 from wsss_core.tracking import prepare_sweep_tracking, stage_sink, sync_workdir
 from wsss_core.tracking.record import StageRecord

@@ -7,14 +7,14 @@ import json
 import pytest
 import torch
 
-from wsss_core.cli import main as wsss_main
+from wsss.cli import main as wsss_main
+from wsss_core.baselines.base import ParamGroup
 from wsss_core.data.synth import generate_synthetic_voc
 from wsss_core.errors import ConfigError, TrainingError
 from wsss_core.training import load_run_config, stage_key, train
 from wsss_core.training.metrics import read_status
 from wsss_core.training.optim import build_sgd, poly_lr_factor
 from wsss_core.training.trainer import RankShardSampler
-from wsss_core.baselines.base import ParamGroup
 
 torch.set_num_threads(1)
 

@@ -12,7 +12,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from .errors import WsssError
+from wsss_core.errors import WsssError
 
 DEMO_SWEEP = Path(__file__).resolve().parents[1] / "sweeps" / "demo.yaml"
 

@@ -1,4 +1,4 @@
-"""The ``wsss`` command: one entry point, one subcommand module per pipeline area.
+"""The ``wsss`` command: one entry point, one subcommand module per package area.
 
 Each module listed in ``COMMAND_MODULES`` exposes ``register(subparsers)``, which adds its
 subcommand(s) and sets ``func`` on the parsed namespace. User errors (:class:`WsssError`) are
@@ -15,14 +15,14 @@ import argparse
 import importlib
 import sys
 
-from .errors import WsssError
+from wsss_core.errors import WsssError
 
 # Order is the order in ``wsss --help``: the pipeline, then sweeps, tracking and analysis.
 COMMAND_MODULES = (
     "wsss_core.data.cli",  # wsss data synth
     "wsss_core.training.cli",  # wsss train / wsss cams
     "wsss_core.evaluation.cli",  # wsss eval / wsss refine
-    "wsss_core.demo",  # wsss demo
+    "wsss.demo",  # wsss demo
     "launchers.cli",  # wsss sweep plan|run|status
     "wsss_core.tracking.cli",  # wsss ui / wsss sync
     "analysis.cli",  # wsss report

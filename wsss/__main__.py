@@ -1,0 +1,7 @@
+"""``python -m wsss``: the same as the ``wsss`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
