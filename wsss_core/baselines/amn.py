@@ -3,12 +3,12 @@
 Network: backbone → label conditioning (stage-4 features × Linear(C → channels)(multi-hot label)) →
 Dropout → ASPP (four dilated 3×3 convs, summed) → C+1 logits, background first. Labels are inputs at
 inference too. Its only loss is the per-pixel classification loss (PCL) against CRF seed labels, which
-the AMN trainer (``training/amn_stages.py``) hands over with :meth:`AmnBaseline.set_seed_targets` before
+the AMN trainer (``training/amn.py``) hands over with :meth:`AmnBaseline.set_seed_targets` before
 each training forward (the trainer's forward passes only image and label).
 
 An AMN trial is a chain (CAM classifier → CRF seeds → AMN network → maps); the options below hold the
 settings of the AMN-specific links, while the trial's own optim/train settings and add-ons drive the CAM
-classifier stage (see ``training/amn_stages.py``). The network has no image-level pooling: a pooling add-on
+classifier stage (see ``training/amn.py``). The network has no image-level pooling: a pooling add-on
 (importance sampling) acts on the CAM stage only. Its CAM site is the foreground channels of its logits,
 so feature similarity applies to it unchanged when ``addons_on_network`` is set.
 
@@ -176,7 +176,7 @@ def activation_maps(logits: torch.Tensor, keys: Sequence[int], seed: torch.Tenso
 class AmnBaseline(Baseline):
     Options = AmnOptions
     # An AMN trial's add-ons are those of its chain: a pooling add-on (importance sampling) goes to the CAM
-    # stage, whose GAP it replaces; the AMN network itself never pools (see training/amn_stages.py).
+    # stage, whose GAP it replaces; the AMN network itself never pools (see training/amn.py).
     uses_pooling = True
     cam_upsampling = "direct"  # make_amn_cam upsamples each scale's logits straight to H x W
 
@@ -211,7 +211,7 @@ class AmnBaseline(Baseline):
         seeds, self._seed_targets = self._seed_targets, None
         if seeds is None:
             raise TrainingError("model.baseline 'amn' trains on seed labels: run it with "
-                                "wsss_core.training.amn_stages.train_amn (or call set_seed_targets before "
+                                "wsss_core.training.amn.train_amn (or call set_seed_targets before "
                                 "each forward), not with the plain trainer")
         logits = self.logits(image, label)
         seeds = resize_seeds(seeds.to(logits.device), tuple(logits.shape[-2:]))
