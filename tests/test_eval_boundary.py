@@ -66,3 +66,28 @@ def test_sums_over_images_and_void_is_background():
     assert score.gt_matched[1] == 28 and score.gt_total[1] == 56
     p, r, f = score.per_class()
     assert p[0] == 1.0 and r[0] == 0.5 and f[0] == pytest.approx(2 / 3)
+
+
+def _random_labels(rng, h, w, num_classes):
+    if rng.random() < 0.3:  # noise: boundaries everywhere, 255 included
+        return rng.choice(np.array([*range(num_classes + 1), 255], np.uint8), (h, w))
+    labels = np.zeros((h, w), np.uint8)
+    for _ in range(rng.integers(0, 4)):  # rectangles touching the borders sometimes
+        y, x = rng.integers(0, h), rng.integers(0, w)
+        labels[y: y + rng.integers(1, 20), x: x + rng.integers(1, 20)] = rng.choice([*range(1, num_classes + 1), 255])
+    return labels
+
+
+def test_compiled_boundary_counts_equal_the_reference():
+    """The compiled kernel (boundary maps, row distances, disk test) against seg2bmap + scipy dilation."""
+    rng = np.random.default_rng(0)
+    for case in range(300):
+        h, w = (int(v) for v in rng.integers(1, 40, 2))
+        fraction = float(rng.choice([0.008, 0.05, 0.2, 3]))  # radii 1 to ~11 px, and a fixed 3 px
+        pred, gt = _random_labels(rng, h, w, 4), _random_labels(rng, h, w, 4)
+        ref = BoundaryScore(4, fraction=fraction, kernel="numpy")
+        new = BoundaryScore(4, fraction=fraction, kernel="compiled")
+        ref.add(pred, gt)
+        new.add(pred, gt)
+        for name in ("pred_matched", "pred_total", "gt_matched", "gt_total"):
+            assert getattr(new, name).tolist() == getattr(ref, name).tolist(), (case, name)

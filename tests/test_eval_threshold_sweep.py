@@ -48,15 +48,50 @@ def random_images(rng, thresholds, n=25):
     return images
 
 
-@pytest.mark.parametrize("thresholds", [default_thresholds(), [0.0, 0.05, 0.1, 0.33, 0.5, 0.71, 1.0]],
-                         ids=["uniform", "irregular"])
-def test_one_pass_matches_per_threshold_loop(thresholds):
+# uniform: the compiled kernel's (a + b) / d threshold; irregular: its lookup table; nearly uniform: a grid
+# the estimate accepts but (a + b) / d does not reproduce (0.1000001), so the lookup table again
+GRIDS = {"uniform": default_thresholds(), "irregular": [0.0, 0.05, 0.1, 0.33, 0.5, 0.71, 1.0],
+         "nearly-uniform": [0.0, 0.1000001, 0.2, 0.3, 0.4], "one": [0.25]}
+
+
+@pytest.mark.parametrize("kernel", ["compiled", "numpy"])
+@pytest.mark.parametrize("grid", list(GRIDS))
+def test_one_pass_matches_per_threshold_loop(grid, kernel):
+    thresholds = GRIDS[grid]
     rng = np.random.default_rng(0)
     images = random_images(rng, thresholds)
-    sweep = ThresholdSweep(C, thresholds)
+    images += [(keys, cams * np.float32(3), gt) for keys, cams, gt in random_images(rng, thresholds, 5)]  # >= 2
+    sweep = ThresholdSweep(C, thresholds, kernel=kernel)
     for i, (keys, cams, gt) in enumerate(images):
         sweep.add(str(i), keys, cams, gt)
     np.testing.assert_array_equal(sweep.confusions(), naive_confusions(images, thresholds, C))
+
+
+def test_compiled_grid_modes():
+    from wsss_core.evaluation.threshold_sweep import _CompiledGrid
+
+    def grid(values):
+        return _CompiledGrid(ThresholdBinner(values), values)
+    assert grid(default_thresholds()).uniform and grid(parse_thresholds("0.1:0.9:0.025")).uniform
+    assert not grid(GRIDS["nearly-uniform"]).uniform and not grid(GRIDS["irregular"]).uniform
+
+
+def test_compiled_and_numpy_sweeps_agree_and_survive_pickling():
+    import pickle
+
+    rng = np.random.default_rng(3)
+    thresholds = default_thresholds()
+    images = random_images(rng, thresholds, n=12)
+    a, b = ThresholdSweep(C, thresholds, kernel="compiled"), ThresholdSweep(C, thresholds, kernel="numpy")
+    for i, (keys, cams, gt) in enumerate(images):
+        a.add(str(i), keys, cams, gt)
+        b.add(str(i), keys, cams, gt)
+    a = pickle.loads(pickle.dumps(a))  # what a worker process sends back
+    np.testing.assert_array_equal(a.confusions(), b.confusions())
+    a.merge(b)
+    np.testing.assert_array_equal(a.hist, 2 * b.hist)
+    with pytest.raises(ConfigError, match="kernel: 'fast' is not valid; valid choices: 'auto', 'compiled', 'numpy'"):
+        ThresholdSweep(C, thresholds, kernel="fast")
 
 
 def test_binner_exact_at_and_around_every_threshold():
@@ -152,12 +187,23 @@ def test_bad_inputs_name_the_image(tmp_path):
     store.write(ids[1], np.array([0]), np.ones((1, 9, 12), np.float32))
     with pytest.raises(CamStoreError, match=rf"{ids[1]}.*CAM shape \(9, 12\) differs .* \(10, 12\)"):
         evaluate_cams(tmp_path / "cams", tmp_path / "voc", "train")
-    sweep = ThresholdSweep(C, [0.5])
-    with pytest.raises(CamStoreError, match="'img7'.*NaN"):
-        sweep.add("img7", np.array([1]), np.full((1, 2, 2), np.nan, np.float32), np.zeros((2, 2), np.uint8))
-    with pytest.raises(CamStoreError, match="'img8'.*negative"):
-        sweep.add("img8", np.array([1]), np.full((1, 2, 2), -1, np.float32), np.zeros((2, 2), np.uint8))
-    with pytest.raises(CamStoreError, match="'img9'.*outside the class range"):
-        sweep.add("img9", np.array([C]), np.ones((1, 2, 2), np.float32), np.zeros((2, 2), np.uint8))
-    with pytest.raises(CamStoreError, match="'img10'.*ground truth has values \\[9\\]"):
-        sweep.add("img10", np.array([1]), np.ones((1, 2, 2), np.float32), np.full((2, 2), 9, np.uint8))
+    for kernel in ("compiled", "numpy"):
+        for grid in ([0.5], default_thresholds()):
+            sweep = ThresholdSweep(C, grid, kernel=kernel)
+            for keys in ([1], [1, 2], [1, 2, 4]):
+                shape = (len(keys), 2, 2)
+                with pytest.raises(CamStoreError, match="'img7'.*NaN"):
+                    sweep.add("img7", np.array(keys), np.full(shape, np.nan, np.float32), np.zeros((2, 2), np.uint8))
+                with pytest.raises(CamStoreError, match="'img8'.*negative"):
+                    sweep.add("img8", np.array(keys), np.full(shape, -1, np.float32), np.zeros((2, 2), np.uint8))
+                with pytest.raises(CamStoreError, match="'img8'.*infinite"):
+                    sweep.add("img8", np.array(keys), np.full(shape, np.inf, np.float32), np.zeros((2, 2), np.uint8))
+            with pytest.raises(CamStoreError, match="'img9'.*outside the class range"):
+                sweep.add("img9", np.array([C]), np.ones((1, 2, 2), np.float32), np.zeros((2, 2), np.uint8))
+            with pytest.raises(CamStoreError, match="'img10'.*ground truth has values \\[9\\]"):
+                sweep.add("img10", np.array([1]), np.ones((1, 2, 2), np.float32), np.full((2, 2), 9, np.uint8))
+            with pytest.raises(CamStoreError, match="'img11'.*ground truth has values \\[7\\]"):
+                sweep.add("img11", np.array([], np.int64), np.ones((0, 2, 2), np.float32), np.full((2, 2), 7, np.uint8))
+            ok = ThresholdSweep(C, grid, kernel=kernel)  # -0.0 is a valid (zero) activation
+            ok.add("img12", np.array([1]), np.full((1, 2, 2), -0.0, np.float32), np.zeros((2, 2), np.uint8))
+            assert ok.confusions()[:, 0, 0].tolist() == [4] * len(grid)

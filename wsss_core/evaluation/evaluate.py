@@ -17,9 +17,10 @@ from .boundary import BoundaryScore
 from .cam_store import CamStore
 from .parallel import run_sharded
 from .protocols import Protocol, resolve_protocol
-from .ground_truth import num_foreground_classes, read_gt_mask, read_label_png, read_split_ids
+from .ground_truth import num_foreground_classes, read_label_png, read_split_ids
+from .gt_cache import GroundTruth, ground_truth
 from .threshold_sweep import (VOID, ThresholdSweep, class_map_from_cams, default_thresholds, predict_labels,
-                              robustness, scores_from_confusion, validate_thresholds)
+                              resolve_kernel, robustness, scores_from_confusion, validate_thresholds)
 
 Pred255 = Literal["background", "wrong", "ignore"]
 BoundarySpec = Sequence[float | str]
@@ -29,7 +30,8 @@ DEFAULT_BOUNDARY_AT: tuple[float | str, ...] = ("best", 0.25)
 def evaluate_cams(cam_store_path: str | Path, data_root: str | Path, split: str,
                   thresholds: Sequence[float] | None = None, num_classes: int | None = None,
                   boundary_thresholds: BoundarySpec | None = None, pred_255: Pred255 | None = None,
-                  workers: int = 1, protocol: str | None = None) -> dict:
+                  workers: int = 1, protocol: str | None = None, *, kernel: str = "auto",
+                  gt_cache: bool = True) -> dict:
     """Score a CAM store against ``<data_root>``'s ``split`` at every threshold, in one pass.
 
     Returns a dict with: ``thresholds``; ``per_threshold`` (threshold, miou, mean_precision, mean_recall,
@@ -38,7 +40,9 @@ def evaluate_cams(cam_store_path: str | Path, data_root: str | Path, split: str,
     and its width); ``boundary`` (DAVIS P/R/F at the chosen thresholds, default the best one and 0.25;
     ``"best"`` may be listed); ``confusion_at_best``; ``num_images``; ``protocol`` (the scoring preset,
     see :mod:`.protocols`, with its resolved settings). NaN becomes None.
-    ``pred_255`` (None: the protocol's) is recorded only: CAMs never predict 255.
+    ``pred_255`` (None: the protocol's) is recorded only: CAMs never predict 255. ``kernel``
+    ("auto", "compiled", "numpy") and ``gt_cache`` (the decoded ground truth shared by every evaluation of
+    the split, see :mod:`.gt_cache`) change speed only, never a number.
     """
     proto = resolve_protocol(protocol, pred_255)
     store = CamStore(cam_store_path)
@@ -49,8 +53,10 @@ def evaluate_cams(cam_store_path: str | Path, data_root: str | Path, split: str,
     _check_store_covers(store, ids, split)
     thresholds = validate_thresholds(default_thresholds() if thresholds is None else thresholds)
     fixed_bt, want_best = _boundary_plan(DEFAULT_BOUNDARY_AT if boundary_thresholds is None else boundary_thresholds)
+    kernel = resolve_kernel(kernel)
+    gt = ground_truth(data_root, split, ids, workers) if gt_cache else GroundTruth(data_root)
 
-    task = _CamTask(str(store.path), str(data_root), C, tuple(thresholds), tuple(fixed_bt))
+    task = _CamTask(str(store.path), gt, C, tuple(thresholds), tuple(fixed_bt), kernel)
     sweep, boundaries = run_sharded(task, ids, workers, f"eval {split}")
     conf = sweep.confusions()
     rows = [_scores_row(t, conf[j], proto) for j, t in enumerate(thresholds)]
@@ -58,7 +64,7 @@ def evaluate_cams(cam_store_path: str | Path, data_root: str | Path, split: str,
     best = int(np.nanargmax(mious)) if np.isfinite(mious).any() else 0
     best_t = thresholds[best]
     if want_best and not any(np.float32(t) == np.float32(best_t) for t in fixed_bt):
-        extra = _CamTask(task.store, task.data_root, C, (best_t,), (best_t,), sweep=False)
+        extra = _CamTask(task.store, gt, C, (best_t,), (best_t,), kernel, sweep=False)
         _, best_boundary = run_sharded(extra, ids, workers, f"eval {split}: boundary at best threshold {best_t:g}")
         boundaries.update(best_boundary)
     rob = robustness(thresholds, np.nan_to_num(mious, nan=0.0))
@@ -81,13 +87,14 @@ def evaluate_cams(cam_store_path: str | Path, data_root: str | Path, split: str,
 
 def evaluate_label_dir(label_dir: str | Path, data_root: str | Path, split: str, num_classes: int | None = None,
                        pred_255: Pred255 | None = None, boundary: bool = True, workers: int = 1,
-                       protocol: str | None = None) -> dict:
+                       protocol: str | None = None, *, kernel: str = "auto", gt_cache: bool = True) -> dict:
     """Score label PNGs ``<label_dir>/<id>.png`` (e.g. CRF pseudo-labels) against the split's ground truth.
 
     Same dict as :func:`evaluate_cams` with one row (``threshold`` None) and no robustness. A predicted
     255 is scored as the protocol says: background (``irn``), wrong (``seam``/``hfpl``, ``project``'s
     default) or, with ``protocol="project", pred_255="ignore"``, left out. ``void_predictions[g]`` counts
-    the pixels of ground truth g predicted 255 whatever the protocol.
+    the pixels of ground truth g predicted 255 whatever the protocol. ``kernel`` and ``gt_cache`` as in
+    :func:`evaluate_cams`.
     """
     proto = resolve_protocol(protocol, pred_255)
     label_dir = Path(label_dir)
@@ -102,7 +109,8 @@ def evaluate_label_dir(label_dir: str | Path, data_root: str | Path, split: str,
     if missing:
         raise DataError(f"{label_dir}: {len(missing)} of {len(ids)} images of split {split!r} have no label "
                         f"PNG, e.g. {', '.join(missing[:5])}")
-    task = _LabelTask(str(label_dir), str(data_root), C, boundary)
+    gt = ground_truth(data_root, split, ids, workers) if gt_cache else GroundTruth(data_root)
+    task = _LabelTask(str(label_dir), gt, C, boundary, resolve_kernel(kernel))
     conf, boundaries = run_sharded(task, ids, workers, f"eval labels {split}")
     row = _scores_row(None, conf[:, : C + 1], proto, void_predictions=conf[:, C + 1])
     result = {
@@ -131,34 +139,53 @@ class _Task:
 
 
 class _CamTask(_Task):
-    def __init__(self, store: str, data_root: str, num_classes: int, thresholds: tuple, boundary_at: tuple,
-                 sweep: bool = True):
-        self.store, self.data_root, self.num_classes = store, data_root, num_classes
+    def __init__(self, store: str, gt: GroundTruth, num_classes: int, thresholds: tuple, boundary_at: tuple,
+                 kernel: str, sweep: bool = True):
+        self.store, self.gt, self.num_classes, self.kernel = store, gt, num_classes, kernel
         self.thresholds, self.boundary_at, self.sweep = thresholds, boundary_at, sweep
         self._opened: CamStore | None = None
+        self._labels = None
 
     def __getstate__(self):
-        return {**self.__dict__, "_opened": None}
+        return {**self.__dict__, "_opened": None, "_labels": None}
 
     def new_state(self):
-        sweep = ThresholdSweep(self.num_classes, self.thresholds) if self.sweep else None
-        return sweep, {t: BoundaryScore(self.num_classes) for t in self.boundary_at}
+        sweep = ThresholdSweep(self.num_classes, self.thresholds, self.kernel) if self.sweep else None
+        return sweep, {t: BoundaryScore(self.num_classes, kernel=self.kernel) for t in self.boundary_at}
 
     def add(self, state, image_id: str) -> None:
         sweep, boundaries = state
         if self._opened is None:
             self._opened = CamStore(self.store)
         keys, cams = self._opened.read(image_id)
-        gt = read_gt_mask(self.data_root, image_id)
+        gt = self.gt.read(image_id)
         if cams.shape[1:] != gt.shape:
             raise CamStoreError(f"{self.store}: image {image_id!r}: CAM shape {cams.shape[1:]} differs from its "
                                 f"ground truth {gt.shape}")
         if sweep is not None:
             sweep.add(image_id, keys, cams, gt)
         if boundaries:
+            for t, labels in self._labels_at(keys, cams, boundaries):
+                boundaries[t].add(labels, gt)
+
+    def _labels_at(self, keys, cams, thresholds):
+        """(t, label map at t) for each boundary threshold."""
+        if self.kernel != "compiled" or len(keys) == 0:
             m, class_map = class_map_from_cams(keys, cams)
-            for t, score in boundaries.items():
-                score.add(predict_labels(m, class_map, t), gt)
+            for t in thresholds:
+                yield t, predict_labels(m, class_map, t)
+            return
+        from . import compiled
+
+        shape, n = cams.shape[1:], cams[0].size
+        if self._labels is None or self._labels[0].size < n:
+            self._labels = (np.empty(n, np.float32), np.empty(n, np.int32), np.empty(n, np.uint8))
+        m, c, out = (a[:n] for a in self._labels)
+        flat = np.ascontiguousarray(cams, dtype=np.float32).reshape(len(keys), n)
+        compiled.max_and_column(flat, flat.view(np.uint32), (keys + 1).astype(np.int32), m, c)  # validated by the sweep
+        for t in thresholds:
+            compiled.threshold_labels(m, c, np.float32(t), out)
+            yield t, out.reshape(shape)
 
     @staticmethod
     def merge(total, part) -> None:
@@ -169,20 +196,20 @@ class _CamTask(_Task):
 
 
 class _LabelTask(_Task):
-    def __init__(self, label_dir: str, data_root: str, num_classes: int, boundary: bool):
-        self.label_dir, self.data_root, self.num_classes = label_dir, data_root, num_classes
-        self.boundary = boundary
+    def __init__(self, label_dir: str, gt: GroundTruth, num_classes: int, boundary: bool, kernel: str):
+        self.label_dir, self.gt, self.num_classes = label_dir, gt, num_classes
+        self.boundary, self.kernel = boundary, kernel
 
     def new_state(self):
         C = self.num_classes
         # columns 0..C are classes, column C+1 counts predictions of 255
-        return np.zeros((C + 1, C + 2), np.int64), ({None: BoundaryScore(C)} if self.boundary else {})
+        return np.zeros((C + 1, C + 2), np.int64), ({None: BoundaryScore(C, kernel=self.kernel)} if self.boundary else {})
 
     def add(self, state, image_id: str) -> None:
         conf, boundaries = state
         C = self.num_classes
         pred = read_label_png(Path(self.label_dir) / f"{image_id}.png", image_id)
-        gt = read_gt_mask(self.data_root, image_id)
+        gt = self.gt.read(image_id)
         if pred.shape != gt.shape:
             raise DataError(f"{self.label_dir}: image {image_id!r}: label shape {pred.shape} differs from its "
                             f"ground truth {gt.shape}")
@@ -204,7 +231,7 @@ class _LabelTask(_Task):
 
 
 def _check_values(image_id: str, labels: np.ndarray, num_classes: int, what: str) -> None:
-    values = np.unique(labels)
+    values = np.flatnonzero(np.bincount(labels.reshape(-1), minlength=256))  # uint8: faster than np.unique
     bad = values[(values > num_classes) & (values != VOID)]
     if bad.size:
         raise DataError(f"{what}: image {image_id!r} has values {bad.tolist()[:10]} outside 0..{num_classes} "
@@ -212,7 +239,8 @@ def _check_values(image_id: str, labels: np.ndarray, num_classes: int, what: str
 
 
 def _check_store_covers(store: CamStore, ids: list[str], split: str) -> None:
-    missing = [i for i in ids if i not in store]
+    stored = set(store.ids())  # one directory listing instead of a stat per image
+    missing = [i for i in ids if i not in stored]
     if missing:
         raise CamStoreError(f"{store.path}: {len(missing)} of {len(ids)} images of split {split!r} have no CAMs, "
                             f"e.g. {', '.join(missing[:5])}")

@@ -132,21 +132,71 @@ class _Buffers:
             self.bins = np.empty(n, np.int64)
             self.index = np.empty(n, np.int64)
             self.cidx = np.empty(n, np.int64)
+            self.c32 = np.empty(n, np.int32)
+            self.index32 = np.empty(n, np.int32)
+            self.index16 = np.empty(n, np.uint16)
         return self
+
+
+KERNELS = ("auto", "compiled", "numpy")
+
+
+def resolve_kernel(kernel: str) -> str:
+    """"auto" -> "compiled" where numba imports, else "numpy"."""
+    from . import compiled
+
+    if kernel not in KERNELS:
+        raise ConfigError(f"kernel: {kernel!r} is not valid; valid choices: {', '.join(map(repr, KERNELS))}")
+    if kernel == "auto":
+        return "compiled" if compiled.available() else "numpy"
+    if kernel == "compiled" and not compiled.available():
+        raise ConfigError("kernel: 'compiled' needs numba, which cannot be imported here; use 'numpy'")
+    return kernel
+
+
+class _CompiledGrid:
+    """How the compiled kernel finds each value's bin. On a uniform grid: the binner's estimate, then one
+    comparison with the threshold at the estimate computed as (a + b) / d in float32 (a = t0 / step and
+    d = 1 / step rounded to integers, e.g. d = 100 for a 0.01 grid), used only if that reproduces every
+    threshold exactly. Otherwise a lookup table over [0, 1] in 4096 cells, then a walk up the thresholds."""
+
+    RESOLUTION = 4096  # a power of two: floor(m * R) is exact in float32
+
+    def __init__(self, binner: ThresholdBinner, values: list[float]):
+        from . import compiled
+
+        self.count = binner.count
+        self.uniform = False
+        self.scale, self.offset, self.a, self.d = np.float32(0), np.float32(0), np.float32(0), np.float32(1)
+        if binner.uniform:
+            step = (float(values[-1]) - float(values[0])) / (self.count - 1)
+            d, a = round(1 / step), round(float(values[0]) / step)
+            if 0 < d < 2 ** 24 and 0 <= a + self.count < 2 ** 24:  # integers exact in float32
+                self.a, self.d = np.float32(a), np.float32(d)
+                rebuilt = compiled.reconstruct_uniform(self.a, self.d, self.count)
+                self.uniform = bool(np.array_equal(rebuilt, binner.thresholds))
+                self.scale, self.offset = binner.scale, binner.offset
+        cells = np.arange(self.RESOLUTION + 1, dtype=np.float64) / self.RESOLUTION
+        self.lut = np.searchsorted(binner.thresholds.astype(np.float64), cells, side="left").astype(np.int32)
+        self.upper = binner.upper
 
 
 class ThresholdSweep:
     """Accumulates the (gt, predicted class, bin) histogram of a split, image by image.
 
     ``num_classes`` is the number of foreground classes C; matrices are (C+1) x (C+1) with background 0.
+    ``kernel``: "compiled" (numba, one fused pass; see compiled.py), "numpy" (the vectorised reference) or
+    "auto" (compiled where numba imports). Both give identical matrices. After an error from ``add`` the
+    sweep should not be used further.
     """
 
-    def __init__(self, num_classes: int, thresholds):
+    def __init__(self, num_classes: int, thresholds, kernel: str = "auto"):
         self.num_classes = num_classes
         self.thresholds = validate_thresholds(thresholds)
         self.binner = ThresholdBinner(self.thresholds)
+        self.kernel = resolve_kernel(kernel)
         n_bins = len(self.thresholds) + 1
-        self.hist = np.zeros((num_classes + 1, num_classes + 1, n_bins), dtype=np.int64)
+        self._hist = np.zeros((num_classes + 1, num_classes + 1, n_bins), dtype=np.int64)
         self.num_images = 0
         self._buffers = _Buffers()
         # Ground-truth value -> row of the per-image histogram: classes as is, 255 to a dropped row,
@@ -154,6 +204,26 @@ class ThresholdSweep:
         self._row_of_value = np.full(256, num_classes + 2, dtype=np.int64)
         self._row_of_value[: num_classes + 1] = np.arange(num_classes + 1)
         self._row_of_value[VOID] = num_classes + 1
+        self._grid = _CompiledGrid(self.binner, self.thresholds) if self.kernel == "compiled" else None
+        self._hist4 = None  # compiled: four interleaved (C+3, C+1, bins) histograms, folded on demand
+        self._hist_size = (num_classes + 3) * (num_classes + 1) * n_bins
+
+    @property
+    def hist(self) -> np.ndarray:
+        """(C+1, C+1, bins) counts [gt, predicted class, bin]."""
+        self._fold()
+        return self._hist
+
+    def _fold(self) -> None:
+        if self._hist4 is not None:
+            C = self.num_classes
+            self._hist += self._hist4.sum(axis=0).reshape(C + 3, C + 1, -1)[: C + 1]
+            self._hist4 = None
+
+    def __getstate__(self):
+        # what a worker process sends back: the folded counts, not its scratch buffers
+        self._fold()
+        return {**self.__dict__, "_buffers": _Buffers()}
 
     def add(self, image_id: str, keys: np.ndarray, cams: np.ndarray, gt: np.ndarray) -> None:
         """Add one image: keys (K,) sorted 0-based classes, cams (K, H, W) float32, gt (H, W) uint8."""
@@ -165,17 +235,39 @@ class ThresholdSweep:
             raise CamStoreError(f"image {image_id!r}: keys {keys.tolist()} outside the class range 0..{C - 1}")
         if np.any(np.diff(keys) <= 0):
             raise CamStoreError(f"image {image_id!r}: keys {keys.tolist()} must be sorted ascending and unique")
-        check_finite_nonnegative(image_id, cams, "CAMs")
         if gt.dtype != np.uint8:  # the row lookup below relies on uint8 values (0..255)
             if gt.size and (gt.min() < 0 or gt.max() > VOID):
                 raise CamStoreError(f"image {image_id!r}: ground truth values must lie in 0..255")
             gt = gt.astype(np.uint8)
-        m, class_index = self.max_and_argmax(cams, gt.size)
-        local = self._image_histogram(m, class_index, gt.reshape(-1), len(keys))
-        self._check_gt_values(image_id, gt, local)
-        cols = np.concatenate([[0], np.asarray(keys, dtype=np.int64) + 1])
-        self.hist[:, cols, :] += local[: C + 1]
+        if self.kernel == "compiled":
+            self._add_compiled(image_id, keys, cams, gt)
+        else:
+            check_finite_nonnegative(image_id, cams, "CAMs")
+            m, class_index = self.max_and_argmax(cams, gt.size)
+            local = self._image_histogram(m, class_index, gt.reshape(-1), len(keys))
+            self._check_gt_values(image_id, gt, local)
+            cols = np.concatenate([[0], np.asarray(keys, dtype=np.int64) + 1])
+            self._hist[:, cols, :] += local[: C + 1]
         self.num_images += 1
+
+    def _add_compiled(self, image_id: str, keys: np.ndarray, cams: np.ndarray, gt: np.ndarray) -> None:
+        from . import compiled
+
+        C, grid, n = self.num_classes, self._grid, gt.size
+        buf = self._buffers.get(n)
+        idx = buf.index16[:n] if self._hist_size < 2 ** 16 else buf.index32[:n]
+        flat = np.ascontiguousarray(cams, dtype=np.float32).reshape(len(keys), n)
+        if self._hist4 is None:
+            self._hist4 = np.zeros((4, self._hist_size), np.int64)
+        bits, invalid = compiled.accumulate(
+            flat, flat.view(np.uint32), (np.asarray(keys) + 1).astype(np.int32), np.ascontiguousarray(gt).reshape(-1),
+            C, grid.uniform, grid.scale, grid.offset, grid.a, grid.d, grid.count, grid.lut, grid.RESOLUTION,
+            grid.upper, buf.m[:n], buf.c32[:n], idx, self._hist4)
+        if invalid:
+            self._raise_gt_values(image_id, gt)
+        if bits & compiled.SUSPECT_BITS:  # values >= 2, -0.0, or invalid ones: check exactly
+            check_finite_nonnegative(image_id, cams, "CAMs")  # raises, naming the problem
+            compiled.scatter(idx, self._hist4)
 
     def max_and_argmax(self, cams: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray | None]:
         """Per-pixel max over maps and the first argmax (None when K <= 1), as flat arrays."""
@@ -228,21 +320,25 @@ class ThresholdSweep:
 
     def _check_gt_values(self, image_id: str, gt: np.ndarray, local: np.ndarray) -> None:
         if local[self.num_classes + 2].any():
-            bad = sorted(set(np.unique(gt).tolist()) - set(range(self.num_classes + 1)) - {VOID})
-            raise CamStoreError(f"image {image_id!r}: ground truth has values {bad[:10]} outside 0..{self.num_classes}"
-                                f" and {VOID} (num_classes={self.num_classes} foreground classes)")
+            self._raise_gt_values(image_id, gt)
+
+    def _raise_gt_values(self, image_id: str, gt: np.ndarray) -> None:
+        bad = sorted(set(np.unique(gt).tolist()) - set(range(self.num_classes + 1)) - {VOID})
+        raise CamStoreError(f"image {image_id!r}: ground truth has values {bad[:10]} outside 0..{self.num_classes}"
+                            f" and {VOID} (num_classes={self.num_classes} foreground classes)")
 
     def merge(self, other: "ThresholdSweep") -> None:
-        self.hist += other.hist
+        self._hist += other.hist
         self.num_images += other.num_images
 
     def confusions(self) -> np.ndarray:
         """(T, C+1, C+1) int64 confusion matrices [gt, pred], one per threshold."""
         # above[..., j] = pixels whose bin > j, i.e. m > thresholds[j]
-        above = np.cumsum(self.hist[:, :, ::-1], axis=2)[:, :, ::-1][:, :, 1:]
+        self._fold()
+        above = np.cumsum(self._hist[:, :, ::-1], axis=2)[:, :, ::-1][:, :, 1:]
         conf = np.ascontiguousarray(np.moveaxis(above, 2, 0))  # (T, gt, c)
         conf[:, :, 0] = 0
-        totals = self.hist.sum(axis=(1, 2))  # pixels per gt class
+        totals = self._hist.sum(axis=(1, 2))  # pixels per gt class
         conf[:, :, 0] = totals[None, :] - conf.sum(axis=2)
         return conf
 
