@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from wsss_core.addons.feature_similarity import (FORMS, FeatureSimilarity, FeatureSimilarityParams,
-                                                 binomial_targets, feature_similarity_loss, multinomial_targets,
-                                                 resize_to_grid)
+                                                 binomial_targets, choose_form, feature_similarity_loss,
+                                                 multinomial_targets, resize_to_grid)
 from wsss_core.baselines import CamSite
 from wsss_core.errors import ConfigError
 
@@ -204,6 +204,13 @@ def test_blocked_form_is_the_same_whatever_the_block_size():
     values = [FORMS["blocked"](y, rgb, 2.5, 5.0, None, 1e-5, block_entries=entries).item()
               for entries in (1, 2 * 14 * 14, 2 * 63 * 63)]  # one row, two rows, the whole grid per block
     assert values == pytest.approx([values[-1]] * 3, rel=1e-6)
+
+
+def test_auto_form_takes_blocks_on_small_grids_and_offsets_on_large_ones():
+    assert [choose_form(g, g, 25.0) for g in (16, 32, 44, 45, 56, 128)] == ["blocked"] * 3 + ["windowed"] * 3
+    assert choose_form(128, 128, None) == "blocked"  # untruncated: every offset, so blocks
+    params = FeatureSimilarityParams()
+    assert params.form == "auto" and params.radius() == 25.0
 
 
 @pytest.mark.parametrize("override, message", [

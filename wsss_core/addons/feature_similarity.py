@@ -13,19 +13,21 @@ What matches HFPL's code (``feature_similarity_loss`` in its tool/probutils.py, 
   k_ij = exp(−‖p_i − p_j‖² / (2σ²)) / (2πσ²), the normalised Gaussian density of the grid distance,
   untruncated. L = −(1/(N·h·w)) Σ_ij k_ij d_y ψ. So ``weight`` 1.0 here is HFPL's 1.0 (VOC; COCO 0.2).
 
-Forms (all compute that sum; they differ in cost only, and in truncation when ``radius`` is set):
-- ``blocked`` (default): every pair, in blocks of grid rows (at most ``BLOCK_ENTRIES`` pairs at once, each
-  unordered pair of blocks visited once). Untruncated, so it is HFPL's loss up to float rounding, in
-  O(N·C·h·w + BLOCK_ENTRIES) memory.
-- ``windowed``: one pass per grid offset (a, b) (shifted differences), half of them by symmetry; cheaper
-  than ``blocked`` only when ``radius`` is much smaller than the grid. Without a radius it visits every
-  offset of the grid and is exact too.
+Truncation and forms (the cost, not the loss, is what differs between forms):
+- ``truncate`` (default 5): pairs farther apart than truncate·σ cells (25 at σ = 5; a disc) are dropped,
+  which drops exp(−truncate²/2) = 3.7e-6 of the kernel's mass. On SEAM's 56 × 56 grid the default is within
+  1e-5 of the untruncated loss in value and gradient (1e-3 is what the tests require); the former square
+  window of radius ceil(3σ) was 1–2.6 % off (bench/RESULTS.md). ``truncate: null`` keeps every pair, HFPL's
+  literal sum; nothing is dropped on a grid whose diagonal is within the radius (up to 18 × 18 at the default).
+- ``blocked``: all pairs in blocks of grid rows (``BLOCK_ENTRIES`` pairs at a time, each unordered pair of
+  blocks once, matrix products for W·y), skipping row blocks beyond the radius.
+- ``windowed``: one pass per grid offset (a, b) within the radius (shifted differences), half of them by
+  symmetry; its cost grows with h·w·radius², so it wins on grids much wider than the radius.
+- ``auto`` (default): :func:`choose_form` takes ``blocked`` on small grids, ``windowed`` on large ones.
 - ``all_pairs``: the formula materialised with autograd, O((h·w)²) memory; the reference for tests.
-``radius`` (cells, default null = untruncated, HFPL) drops the pairs farther apart than it (a disc, so the
-dropped kernel mass is about exp(−radius²/(2σ²)) of the whole, 3.7e-6 at radius 5σ); every form
-truncates the same way. ``blocked`` and ``windowed`` get the gradient in closed form: with W_ij = k_ij ψ_ij
-(symmetric, no gradient) the loss is quadratic in y, ∂L/∂y_i = −(2/(N·h·w)) Σ_j W_ij (y_i − y_j), so one
-no-grad pass accumulates it and autograd keeps nothing per block or offset.
+``blocked`` and ``windowed`` need O(N·C·h·w) memory (plus one block) and get the gradient in closed form:
+with W_ij = k_ij ψ_ij (symmetric, no gradient) the loss is quadratic in y, ∂L/∂y_i = −(2/(N·h·w))
+Σ_j W_ij (y_i − y_j), so one no-grad pass accumulates it and autograd keeps nothing per block or offset.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from . import ADDONS
 from .base import AddOn, Posterior
 
 MAX_NORM_EPS = 1e-5  # SEAM's max_norm e, which HFPL uses for the binomial targets
-BLOCK_ENTRIES = 1 << 21  # pairs per block of the blocked form (N · rows_i · rows_j cells), ~8 MiB per temporary
+BLOCK_ENTRIES = 1 << 17  # pairs per block (N · cells_i · cells_j): 512 KiB per temporary, cache-sized
 
 
 @dataclass
@@ -52,7 +54,7 @@ class FeatureSimilarityParams:
     mu: float = 2.5  # μ: colour-difference offset inside tanh
     sigma: float = 5.0  # σ of the spatial kernel, in CAM cells
     truncate: float | None = 5.0  # drop pairs farther apart than truncate·σ cells; null = every pair (HFPL)
-    form: Literal["windowed", "blocked", "all_pairs"] = "windowed"
+    form: Literal["auto", "blocked", "windowed", "all_pairs"] = "auto"  # auto: see choose_form
     eps: float = 1e-5  # ε in log((d_x + ε) / (1 − d_x + ε)), HFPL's 1e-5
 
     def validate(self, where: str) -> None:
@@ -226,6 +228,12 @@ def fsl_blocked(y: torch.Tensor, rgb: torch.Tensor, mu: float, sigma: float, rad
 FORMS = {"blocked": fsl_blocked, "windowed": fsl_windowed, "all_pairs": fsl_all_pairs}
 
 
+def choose_form(h: int, w: int, radius: float | None) -> str:
+    """``auto``: per cell, ``blocked`` visits h·w/2 partners and ``windowed`` one per offset; a blocked visit
+    cost 0.4–3× a windowed one in bench/feature_similarity.py, so take blocks while h·w ≤ 2·offsets."""
+    return "blocked" if h * w <= 2 * len(window_offsets(radius, h, w)) else "windowed"
+
+
 def resize_to_grid(rgb: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """The image on the CAM grid as HFPL makes it: bilinear, align_corners=True, clamped to [0, 1]."""
     with torch.no_grad():
@@ -237,8 +245,10 @@ def feature_similarity_loss(logits: torch.Tensor, label: torch.Tensor, rgb: torc
     """L_FS of CAM logits (N × C × h × w) against the image ``rgb`` (N × 3 × H × W in [0, 1]), unweighted."""
     targets = binomial_targets if posterior == "binomial" else multinomial_targets
     y = targets(logits, label)
-    x = resize_to_grid(rgb, tuple(logits.shape[-2:]))
-    return FORMS[params.form](y, x, params.mu, params.sigma, params.radius(), params.eps)
+    h, w = logits.shape[-2:]
+    x = resize_to_grid(rgb, (h, w))
+    form = choose_form(h, w, params.radius()) if params.form == "auto" else params.form
+    return FORMS[form](y, x, params.mu, params.sigma, params.radius(), params.eps)
 
 
 @ADDONS.register("feature_similarity")
