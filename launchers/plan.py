@@ -17,8 +17,7 @@ from typing import Any
 
 from wsss_core.config import to_dict
 from wsss_core.errors import ConfigError
-from wsss_core.pipeline import TrialSpec, find_stage, plan_trial
-from wsss_core.pipeline import layout
+from wsss_core.pipeline import TrialSpec, find_stage, layout, plan_trial
 
 from .spec import Resources, SweepSpec, describe, validate_trials
 
