@@ -61,6 +61,19 @@ def test_a_changed_mask_gives_a_new_cache_and_the_old_one_goes(tree):
     np.testing.assert_array_equal(gt.read(ids[3]), changed)
 
 
+def test_caches_of_removed_dataset_roots_are_pruned(tree):
+    import shutil
+
+    tmp_path, ids = tree
+    other = write_synthetic_voc(tmp_path / "gone", 3, num_classes=5, size=(10, 12), jpeg=False)
+    ground_truth(tmp_path / "gone", "train", other)
+    assert len(_files(tmp_path)) == 1
+    shutil.rmtree(tmp_path / "gone")
+    ground_truth(tmp_path / "voc", "train", ids)  # a build prunes the cache of the removed tree
+    (kept,) = _files(tmp_path)
+    assert oct(kept.stat().st_mode & 0o777) == "0o644"
+
+
 def test_damaged_cache_is_reported_removed_and_bypassed(tree):
     tmp_path, ids = tree
     reference = evaluate_cams(tmp_path / "cams", tmp_path / "voc", "train", boundary_thresholds=[0.25],

@@ -101,16 +101,25 @@ if numba is not None:
         return acc, invalid
 
     @_jit
-    def _index_uniform(m, c, gt, num_classes, scale, offset, a, d, count, idx):
+    def _index_uniform_last(m, c, last, last_bits, last_col, gt, num_classes, scale, offset, a, d, count, idx):
+        # three or more maps: m, c hold the max and column over all maps but the last; the last is merged
+        # here, in the pass that bins and indexes (one pass less over the image)
         nb = np.int32(count + 1)
         ncols = np.int32(num_classes + 1)
+        col = np.int32(last_col)
+        acc = np.uint32(0)
         invalid = 0
         for j in range(gt.shape[0]):
-            b = _bin_uniform(m[j], scale, offset, a, d, count)
+            y = last[j]
+            x = m[j]
+            cj = col if y > x else c[j]
+            mj = max(x, y)
+            acc |= last_bits[j]
+            b = _bin_uniform(mj, scale, offset, a, d, count)
             g = np.int32(gt[j])
             invalid += (g > num_classes) & (g != VOID)
-            idx[j] = (_row(g, num_classes) * ncols + c[j]) * nb + b
-        return invalid
+            idx[j] = (_row(g, num_classes) * ncols + cj) * nb + b
+        return acc, invalid
 
     @_jit
     def _index_lut(m, c, gt, num_classes, lut, resolution, upper, idx):
@@ -171,12 +180,14 @@ if numba is not None:
             invalid = _index_no_keys(gt, num_classes, count, idx)
         elif num_keys <= 2 and uniform:
             acc, invalid = _index_uniform_fused(cams, bits, cols, gt, num_classes, scale, offset, a, d, count, idx)
+        elif uniform:
+            acc = max_and_column(cams[: num_keys - 1], bits[: num_keys - 1], cols, m, c)
+            acc2, invalid = _index_uniform_last(m, c, cams[num_keys - 1], bits[num_keys - 1], cols[num_keys - 1], gt,
+                                                num_classes, scale, offset, a, d, count, idx)
+            acc |= acc2
         else:
             acc = max_and_column(cams, bits, cols, m, c)
-            if uniform:
-                invalid = _index_uniform(m, c, gt, num_classes, scale, offset, a, d, count, idx)
-            else:
-                invalid = _index_lut(m, c, gt, num_classes, lut, resolution, upper, idx)
+            invalid = _index_lut(m, c, gt, num_classes, lut, resolution, upper, idx)
         if (acc & SUSPECT_BITS) == 0 and invalid == 0:
             scatter(idx, hist4)
         return acc, invalid
@@ -307,3 +318,25 @@ if numba is not None:
         """Label map at one threshold: c where m > threshold (float32), else 0 (flat arrays)."""
         for j in range(m.shape[0]):
             out[j] = c[j] if m[j] > threshold else 0
+
+
+def warm_up() -> None:
+    """Load (or compile) every kernel signature the evaluator uses, e.g. in a parent process before it
+    forks workers, which then inherit the machine code instead of each loading it."""
+    if numba is None:
+        return
+    cams = np.zeros((1, 4), np.float32)
+    gt = np.zeros(4, np.uint8)
+    cols = np.ones(1, np.int32)
+    lut, upper = np.zeros(4097, np.int32), np.full(2, np.inf, np.float32)
+    m, c = np.empty(4, np.float32), np.empty(4, np.int32)
+    for idx in (np.empty(4, np.uint16), np.empty(4, np.int32)):
+        accumulate(cams, cams.view(np.uint32), cols, gt, 1, True, np.float32(1), np.float32(0), np.float32(0),
+                   np.float32(1), 1, lut, 4096, upper, m, c, idx, np.zeros((4, 16), np.int32))
+        scatter(idx, np.zeros((4, 16), np.int32))
+    labels = np.zeros((2, 2), np.uint8)
+    counts = [np.zeros(2, np.int64) for _ in range(4)]
+    boundary_counts(labels, labels, 1, 1, np.ones(2, np.int64), *counts, np.empty((2, 2), np.bool_),
+                    np.empty((2, 2), np.bool_), np.empty((2, 2), np.int32), np.empty((2, 2), np.int32))
+    max_and_column(cams, cams.view(np.uint32), cols, m, c)
+    threshold_labels(m, c, np.float32(0.5), np.empty(4, np.uint8))

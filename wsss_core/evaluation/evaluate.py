@@ -53,7 +53,7 @@ def evaluate_cams(cam_store_path: str | Path, data_root: str | Path, split: str,
     _check_store_covers(store, ids, split)
     thresholds = validate_thresholds(default_thresholds() if thresholds is None else thresholds)
     fixed_bt, want_best = _boundary_plan(DEFAULT_BOUNDARY_AT if boundary_thresholds is None else boundary_thresholds)
-    kernel = resolve_kernel(kernel)
+    kernel = _ready_kernel(kernel, workers)
     gt = ground_truth(data_root, split, ids, workers) if gt_cache else GroundTruth(data_root)
 
     task = _CamTask(str(store.path), gt, C, tuple(thresholds), tuple(fixed_bt), kernel)
@@ -110,7 +110,7 @@ def evaluate_label_dir(label_dir: str | Path, data_root: str | Path, split: str,
         raise DataError(f"{label_dir}: {len(missing)} of {len(ids)} images of split {split!r} have no label "
                         f"PNG, e.g. {', '.join(missing[:5])}")
     gt = ground_truth(data_root, split, ids, workers) if gt_cache else GroundTruth(data_root)
-    task = _LabelTask(str(label_dir), gt, C, boundary, resolve_kernel(kernel))
+    task = _LabelTask(str(label_dir), gt, C, boundary, _ready_kernel(kernel, workers))
     conf, boundaries = run_sharded(task, ids, workers, f"eval labels {split}")
     row = _scores_row(None, conf[:, : C + 1], proto, void_predictions=conf[:, C + 1])
     result = {
@@ -228,6 +228,15 @@ class _LabelTask(_Task):
         total[0] += part[0]
         for key, score in total[1].items():
             score.merge(part[1][key])
+
+
+def _ready_kernel(kernel: str, workers: int) -> str:
+    kernel = resolve_kernel(kernel)
+    if kernel == "compiled" and workers > 1:
+        from . import compiled
+
+        compiled.warm_up()  # forked workers inherit the loaded kernels
+    return kernel
 
 
 def _check_values(image_id: str, labels: np.ndarray, num_classes: int, what: str) -> None:

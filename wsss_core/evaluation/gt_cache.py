@@ -7,7 +7,8 @@ uint32: a VOC mask takes a few KB and decodes with one ``np.repeat``) with a CRC
 * Keyed by the split's mask files: the file name carries a hash of the dataset root, the split, and
   every mask's id, size and mtime, so a changed, added or removed mask means a new cache.
 * Written once, atomically: into a temp file in the cache folder, then renamed; a killed writer leaves
-  at most a stray temp file. Older caches of the same root and split are removed then.
+  at most a stray temp file. Then older caches of the same root and split, caches of dataset roots that
+  no longer exist, and day-old temp files are removed.
 * Verified on every read: the footer must list the split's ids; each image's bytes must match their
   CRC-32 and decode to H x W pixels. A damaged cache is reported (a warning), removed, and the image is
   decoded from its PNG instead: it is never silently trusted.
@@ -30,6 +31,7 @@ import json
 import os
 import struct
 import tempfile
+import time
 import warnings
 import zlib
 from pathlib import Path
@@ -104,6 +106,7 @@ class _Writer:
     def __init__(self, target: Path, data_root: str, split: str, key: str):
         self.target = target
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=SUFFIX, dir=target.parent)
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would lock other users out of a shared cache folder
         self.tmp = Path(tmp)
         self.file = os.fdopen(fd, "wb")
         self.file.write(_HEAD.pack(_MAGIC, FORMAT_VERSION))
@@ -269,10 +272,33 @@ def ground_truth(data_root: str | Path, split: str, ids: list[str], workers: int
         warnings.warn(f"ground-truth cache off: cannot write {folder} ({exc}); decoding the PNG masks",
                       RuntimeWarning, stacklevel=2)
         return GroundTruth(data_root)
-    for old in folder.glob(f"{prefix}-*{SUFFIX}"):  # older versions of this split
-        if old != target:
-            old.unlink(missing_ok=True)
+    _prune(folder, prefix, target)
     return GroundTruth(data_root, target)
+
+
+def _prune(folder: Path, prefix: str, keep: Path) -> None:
+    """After a build: remove older caches of this split, caches whose dataset root is gone (e.g. a test's
+    temporary tree), and temp files a killed writer left over a day ago."""
+    for path in folder.glob(f"*{SUFFIX}"):
+        if path == keep:
+            continue
+        try:
+            if path.name.startswith(".tmp-"):
+                if time.time() - path.stat().st_mtime > 86400:
+                    path.unlink()
+                continue
+            if path.name.startswith(f"{prefix}-"):
+                path.unlink()
+                continue
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                root = read_footer(fd, str(path)).get("data_root")
+            finally:
+                os.close(fd)
+            if not isinstance(root, str) or not os.path.isdir(root):
+                path.unlink()
+        except (OSError, CacheDamaged):
+            continue
 
 
 def _valid(path: Path, ids: list[str]) -> bool:
@@ -293,7 +319,7 @@ def _valid(path: Path, ids: list[str]) -> bool:
 def _build(data_root, split: str, ids: list[str], target: Path, key: str, workers: int) -> None:
     from .parallel import run_sharded
 
-    writer = _Writer(target, str(data_root), split, key)
+    writer = _Writer(target, str(Path(data_root).resolve()), split, key)
     try:
         run_sharded(_BuildTask(str(data_root), writer), ids, workers, f"ground-truth cache {split}")
         writer.finish()

@@ -205,7 +205,8 @@ class ThresholdSweep:
         self._row_of_value[: num_classes + 1] = np.arange(num_classes + 1)
         self._row_of_value[VOID] = num_classes + 1
         self._grid = _CompiledGrid(self.binner, self.thresholds) if self.kernel == "compiled" else None
-        self._hist4 = None  # compiled: four interleaved (C+3, C+1, bins) histograms, folded on demand
+        self._hist4 = None  # compiled: four interleaved (C+3, C+1, bins) int32 histograms, folded on demand
+        self._pixels_unfolded = 0
         self._hist_size = (num_classes + 3) * (num_classes + 1) * n_bins
 
     @property
@@ -217,8 +218,9 @@ class ThresholdSweep:
     def _fold(self) -> None:
         if self._hist4 is not None:
             C = self.num_classes
-            self._hist += self._hist4.sum(axis=0).reshape(C + 3, C + 1, -1)[: C + 1]
+            self._hist += self._hist4.sum(axis=0, dtype=np.int64).reshape(C + 3, C + 1, -1)[: C + 1]
             self._hist4 = None
+            self._pixels_unfolded = 0
 
     def __getstate__(self):
         # what a worker process sends back: the folded counts, not its scratch buffers
@@ -231,10 +233,11 @@ class ThresholdSweep:
         if cams.shape[1:] != gt.shape:
             raise CamStoreError(f"image {image_id!r}: CAM shape {cams.shape[1:]} differs from its ground truth "
                                 f"{gt.shape}")
-        if len(keys) and (keys.min() < 0 or keys.max() >= C):
-            raise CamStoreError(f"image {image_id!r}: keys {keys.tolist()} outside the class range 0..{C - 1}")
-        if np.any(np.diff(keys) <= 0):
-            raise CamStoreError(f"image {image_id!r}: keys {keys.tolist()} must be sorted ascending and unique")
+        key_list = np.asarray(keys).tolist()  # a few keys: Python comparisons beat NumPy calls
+        if key_list and (min(key_list) < 0 or max(key_list) >= C):
+            raise CamStoreError(f"image {image_id!r}: keys {key_list} outside the class range 0..{C - 1}")
+        if any(b <= a for a, b in zip(key_list, key_list[1:])):
+            raise CamStoreError(f"image {image_id!r}: keys {key_list} must be sorted ascending and unique")
         if gt.dtype != np.uint8:  # the row lookup below relies on uint8 values (0..255)
             if gt.size and (gt.min() < 0 or gt.max() > VOID):
                 raise CamStoreError(f"image {image_id!r}: ground truth values must lie in 0..255")
@@ -257,10 +260,12 @@ class ThresholdSweep:
         buf = self._buffers.get(n)
         idx = buf.index16[:n] if self._hist_size < 2 ** 16 else buf.index32[:n]
         flat = np.ascontiguousarray(cams, dtype=np.float32).reshape(len(keys), n)
-        if self._hist4 is None:
-            self._hist4 = np.zeros((4, self._hist_size), np.int64)
+        if self._hist4 is None or self._pixels_unfolded + n >= 2 ** 31:  # int32 counts: fold before overflow
+            self._fold()
+            self._hist4 = np.zeros((4, self._hist_size), np.int32)
+        self._pixels_unfolded += n
         bits, invalid = compiled.accumulate(
-            flat, flat.view(np.uint32), (np.asarray(keys) + 1).astype(np.int32), np.ascontiguousarray(gt).reshape(-1),
+            flat, flat.view(np.uint32), np.asarray(keys, np.int32) + 1, np.ascontiguousarray(gt).reshape(-1),
             C, grid.uniform, grid.scale, grid.offset, grid.a, grid.d, grid.count, grid.lut, grid.RESOLUTION,
             grid.upper, buf.m[:n], buf.c32[:n], idx, self._hist4)
         if invalid:
