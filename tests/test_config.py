@@ -82,3 +82,16 @@ def test_yaml_reads_exponent_floats(tmp_path):
     data = load_yaml(path)
     assert data == {"lr": 1e-4, "wd": 5e-4, "big": 1e30, "name": "1e4x", "steps": 10, "plain": 0.5}
     assert apply_overrides({}, ["optim.weight_decay=1e-4"]) == {"optim": {"weight_decay": 1e-4}}
+
+
+def test_a_section_left_out_keys_like_its_defaults_written_in():
+    """A config without `model:` is validated like one with the defaults spelled out (backbone and baseline
+    options written in), so both give the same stage keys and share their stages."""
+    from wsss_core.config import to_dict
+    from wsss_core.training.config import load_run_config, run_config_from_dict, stage_key
+
+    bare = load_run_config(None, [])
+    written = run_config_from_dict(to_dict(bare))
+    assert bare.model.backbone_options == written.model.backbone_options != {}
+    assert stage_key(bare, "eval") == stage_key(written, "eval")
+    assert stage_key(bare) == stage_key(load_run_config(None, ["model.baseline=cam"]))

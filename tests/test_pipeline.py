@@ -38,6 +38,10 @@ def test_a_key_hashes_store_name_config_slice_and_input_keys():
     assert all(a.key != b.key for a, b in zip(keyed, lr))
     thr = stage_keys(_cfg("eval.thresholds=[0.1, 0.2]"), CHAINS["*"], extras)
     assert [a.key == b.key for a, b in zip(keyed, thr)] == [True, True, False]
+    # the evaluation protocol is an evaluation setting: it keys the eval stage only (layout version 2)
+    for protocol in ("seam", "hfpl", "project"):
+        other = stage_keys(_cfg(f"eval.protocol={protocol}"), CHAINS["*"], extras)
+        assert [a.key == b.key for a, b in zip(keyed, other)] == [True, True, False], protocol
 
 
 def test_a_stage_whose_input_is_missing_from_its_chain_is_named():
@@ -75,9 +79,11 @@ def test_records_carry_the_layout_version(tmp_path):
     layout.write_stage(stage, {"state": "finished", "attempts": 1})
     assert json.loads((stage / layout.STAGE_RECORD).read_text())["layout_version"] == layout.LAYOUT_VERSION
     assert layout.stage_state(stage) == "finished"
-    # a record written before versioning is layout 1
+    # a record written before versioning is layout 1, older than this one: refused, never reused
     (stage / layout.STAGE_RECORD).write_text(json.dumps({"state": "finished", "attempts": 1}))
-    assert layout.UNVERSIONED == 1 and layout.read_stage(stage)["state"] == "finished"
+    assert layout.UNVERSIONED == 1 < layout.LAYOUT_VERSION
+    with pytest.raises(layout.LayoutVersionError, match="layout version 1"):
+        layout.read_stage(stage)
 
 
 def test_a_work_dir_of_another_layout_is_refused_with_an_explanation(tmp_path, monkeypatch, capsys):
@@ -86,16 +92,17 @@ def test_a_work_dir_of_another_layout_is_refused_with_an_explanation(tmp_path, m
     stage = Path(plan.trials[0].stage("train").dir)
     layout.write_stage(stage, {"state": "finished", "attempts": 1})
     # A later wsss changes what a key hashes and bumps the layout version: the old work dir is refused
-    monkeypatch.setattr(layout, "LAYOUT_VERSION", 2)
-    monkeypatch.setitem(layout.LAYOUT_HISTORY, 2, "keys also hash the crop policy")
+    old, new = layout.LAYOUT_VERSION, layout.LAYOUT_VERSION + 1
+    monkeypatch.setattr(layout, "LAYOUT_VERSION", new)
+    monkeypatch.setitem(layout.LAYOUT_HISTORY, new, "keys also hash the crop policy")
     with pytest.raises(layout.LayoutVersionError) as err:
         plan_sweep(load_sweep(path), plan.workdir)
     message = str(err.value)
     assert str(plan.workdir / layout.LAYOUT_FILE) in message
-    assert "layout version 1" in message and "layout version 2 (keys also hash the crop policy)" in message
+    assert f"layout version {old}" in message and f"layout version {new} (keys also hash the crop policy)" in message
     assert "new --workdir" in message
     assert main(["sweep", "plan", str(path), "--workdir", str(plan.workdir)]) == 2
-    assert "layout version 1" in capsys.readouterr().err
+    assert f"layout version {old}" in capsys.readouterr().err
     # a single stage record of the old layout is refused too (never reused as if it were current)
     (plan.workdir / layout.LAYOUT_FILE).unlink()
     with pytest.raises(layout.LayoutVersionError, match=str(stage / layout.STAGE_RECORD)):

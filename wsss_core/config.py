@@ -159,6 +159,10 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, where: str = "config
     for name, field in fields.items():
         if name in data:
             kwargs[name] = _convert(data[name], hints[name], f"{where}.{name}")
+        elif dataclasses.is_dataclass(hints[name]) and field.default_factory is not dataclasses.MISSING:
+            # a section left out is built and validated like a given one, so its defaults are spelled out
+            # the same way (a config without `model:` must key like one with the defaults written in)
+            kwargs[name] = from_dict(hints[name], to_dict(field.default_factory()), f"{where}.{name}")
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
             raise ConfigError(f"{where}: missing required key {name!r} ({_type_name(hints[name])})")
     obj = cls(**kwargs)

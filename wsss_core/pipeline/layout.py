@@ -44,9 +44,10 @@ LOCK_FILE = ".lock"
 STATES = ("pending", "running", "finished", "failed")
 
 # Bump when what a stage key hashes, or where outputs live, changes; say what changed in LAYOUT_HISTORY.
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 LAYOUT_HISTORY = {
     1: "stages/<stage>/<key>/ with key = hash(stage store name, the stage's config slice, its inputs' keys)",
+    2: "as 1, and the eval stages' keys also hash the evaluation protocol (eval.protocol)",
 }
 UNVERSIONED = 1  # records and work dirs written before versioning use layout 1
 

@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 
 
 def key_slice(cfg: "RunConfig", extras: dict[str, Any]) -> dict[str, Any]:
-    return {"eval": {"thresholds": to_dict(cfg.eval.thresholds), "pred_255": cfg.eval.pred_255}}
+    return {"eval": {"thresholds": to_dict(cfg.eval.thresholds), "protocol": cfg.eval.protocol,
+                     "pred_255": cfg.eval.pred_255}}
 
 
 def amn_key_slice(cfg: "RunConfig", extras: dict[str, Any]) -> dict[str, Any]:
@@ -34,7 +35,7 @@ def score_cam_store(cfg: "RunConfig", store: Path, out_dir: Path, sink: Any = No
 
     result = evaluate_cams(store, cfg.data.root, cfg.cams.split,
                            thresholds=list(cfg.eval.thresholds) if cfg.eval.thresholds else None,
-                           pred_255=cfg.eval.pred_255, workers=cfg.eval.workers)
+                           pred_255=cfg.eval.pred_255, workers=cfg.eval.workers, protocol=cfg.eval.protocol)
     paths = write_eval_outputs(result, out_dir)
     scalars = summarise(result)
     if sink is not None:
