@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from ..errors import ConfigError
 from .stage import StageDef
-from .stages import amn_maps, amn_seeds, amn_train, cams, data, evaluate, train
+from .stages import amn_maps, amn_seeds, amn_train, cams, data, evaluate, pseudo_labels, seg_eval, seg_train, train
 
 DATA = data.STAGE  # first, when the sweep file has synthetic_data
 
@@ -30,14 +30,23 @@ CHAINS: dict[str, tuple[StageDef, ...]] = {
 }
 
 
-def chain_for(baseline: str, with_data: bool) -> tuple[StageDef, ...]:
-    return ((DATA,) if with_data else ()) + CHAINS.get(baseline, CHAINS["*"])
+# The final segmentation stage, appended when the run config's ``final.enabled`` is set: pseudo-labels from the
+# chain's last maps (at the threshold rule) → a DeepLab network trained on them → scored on val.
+FINAL: dict[str, tuple[StageDef, ...]] = {
+    "*": (pseudo_labels.STAGE, seg_train.STAGE, seg_eval.STAGE),
+    "amn": (pseudo_labels.AMN_STAGE, seg_train.STAGE, seg_eval.STAGE),
+}
+
+
+def chain_for(baseline: str, with_data: bool, final: bool = False) -> tuple[StageDef, ...]:
+    chain = ((DATA,) if with_data else ()) + CHAINS.get(baseline, CHAINS["*"])
+    return chain + (FINAL.get(baseline, FINAL["*"]) if final else ())
 
 
 def all_stages() -> dict[str, StageDef]:
     """Every stage of every chain, by name."""
     out = {DATA.name: DATA}
-    for chain in CHAINS.values():
+    for chain in (*CHAINS.values(), *FINAL.values()):
         out.update({stage.name: stage for stage in chain})
     return out
 

@@ -78,7 +78,7 @@ def plan_trial(cfg: "RunConfig", workdir: str | Path | None = None, *, sweep: st
     from ..training.config import run_config_from_dict
 
     workdir = layout.resolve_workdir(workdir)
-    chain = chain_for(cfg.model.baseline, synthetic is not None)
+    chain = chain_for(cfg.model.baseline, synthetic is not None, final=cfg.final.enabled)
     if until is not None:
         names = [s.name for s in chain]
         if until not in names:

@@ -131,6 +131,75 @@ class EvalConfig:
 
 
 @dataclass
+class FinalConfig:
+    """The final segmentation stage (methods.md, "Final segmentation stage"): pseudo-labels from the trial's
+    maps → a DeepLab network trained on them → scored on ``val_split``. Off unless ``enabled``. Defaults are
+    demo scale (small backbone, 64 px crops); the paper's DeepLab-v2 setting is in docs/segmentation.md."""
+
+    enabled: bool = False
+    # Pseudo-labels: background threshold, a number or "best" (the best of the trial's eval stage)
+    threshold: float | Literal["best"] = "best"
+    refine: Literal["none", "crf", "probability"] = "none"  # crf: CRF(argmax([t, maps])); probability: SEAM's
+    refine_options: dict[str, Any] = field(default_factory=dict)  # evaluation.crf.RefineConfig fields
+    split: str | None = None  # the segmentation training split; null = data.train_split (train_aug)
+    val_split: str = "val"
+    # The network
+    arch: Literal["deeplab_v2", "deeplab_v3plus"] = "deeplab_v2"
+    backbone: Literal["small", "resnet50", "resnet101"] = "small"
+    backbone_options: dict[str, Any] = field(default_factory=dict)  # small: widths, output_stride
+    pretrained: str | None = None  # local ImageNet weights of the backbone; null = random init
+    aspp_rates: tuple[int, ...] | None = None  # null: v2 (6, 12, 18, 24) summed, v3+ (6, 12, 18)
+    # Training (reference: crop 321, scale 0.5-1.5, flip, SGD 2.5e-4 ×10 head, momentum 0.9, wd 5e-4, poly 0.9,
+    # 20000 iterations of batch 10, inputs at scales 1, 0.75, 0.5 max-fused)
+    crop: int = 64
+    scale: tuple[float, float] = (0.5, 1.5)
+    batch_size: int = 8
+    iterations: int = 300
+    lr: float = 0.01
+    head_lr_mult: float = 10.0
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    poly_power: float = 0.9
+    train_scales: tuple[float, ...] = (1.0,)  # DeepLab-v2 MSC: (1.0, 0.75, 0.5), every output + the max-fused
+    # The loss's target size: labels resized (nearest) to the logits (kazuto1011 DeepLab-v2), or logits
+    # upsampled (bilinear) to the labels (DeepLab-v3+ practice)
+    label_resize: Literal["to_logits", "to_labels"] = "to_logits"
+    # Test time: softmax averaged over scales (and flips), optional dense CRF (kazuto1011's parameters)
+    test_scales: tuple[float, ...] = (1.0,)
+    test_flip: bool = False
+    test_crf: bool = False
+    test_crf_params: dict[str, Any] = field(default_factory=dict)  # evaluation.crf.CrfParams fields
+
+    def validate(self, where: str) -> None:
+        from ..evaluation.crf import CrfParams, RefineConfig
+
+        if isinstance(self.threshold, float) and not 0.0 <= self.threshold <= 1.0:
+            raise ConfigError(f"{where}.threshold: must be in [0, 1] or 'best', got {self.threshold}")
+        for name in ("crop", "batch_size", "iterations"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{where}.{name}: must be at least 1, got {getattr(self, name)}")
+        if not 0 < self.scale[0] <= self.scale[1]:
+            raise ConfigError(f"{where}.scale: need 0 < low <= high, got {list(self.scale)}")
+        for name in ("train_scales", "test_scales"):
+            if not getattr(self, name) or any(s <= 0 for s in getattr(self, name)):
+                raise ConfigError(f"{where}.{name}: need positive scales, got {list(getattr(self, name))}")
+        if self.lr <= 0:
+            raise ConfigError(f"{where}.lr: must be positive, got {self.lr}")
+        if self.aspp_rates is not None and (not self.aspp_rates or any(r < 1 for r in self.aspp_rates)):
+            raise ConfigError(f"{where}.aspp_rates: need rates >= 1 (or null), got {list(self.aspp_rates)}")
+        # Spell out every default, so {} and the explicit defaults key alike.
+        self.refine_options = to_dict(from_dict(RefineConfig, self.refine_options, f"{where}.refine_options"))
+        self.test_crf_params = to_dict(from_dict(CrfParams, {**TEST_CRF_DEFAULTS, **self.test_crf_params},
+                                                 f"{where}.test_crf_params"))
+
+
+# kazuto1011/deeplab-pytorch's test-time CRF (methods.md): iterations 10, Gaussian sxy 1 weight 3, bilateral
+# sxy 67 srgb 3 weight 4.
+TEST_CRF_DEFAULTS = {"iterations": 10, "gaussian_sxy": 1.0, "gaussian_compat": 3.0, "bilateral_sxy": 67.0,
+                     "bilateral_srgb": 3.0, "bilateral_compat": 4.0}
+
+
+@dataclass
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -139,6 +208,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     cams: CamsConfig = field(default_factory=CamsConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    final: FinalConfig = field(default_factory=FinalConfig)  # the final segmentation stage (off by default)
 
     def validate(self, where: str) -> None:
         names = [a.name for a in self.addons]
