@@ -85,10 +85,10 @@ def run_stage(trial: "TrialSpec", stage: "StageSpec", cfg: "RunConfig", env: "Di
     summary: dict[str, Any] = {}
     sink = None
     try:
-        if decision.startswith("fault:"):
+        sink = _make_sink(trial, stage, defn, cfg) if env.is_main else None
+        if decision.startswith("fault:"):  # after the sink opens: an injected failure ends its run like a real one
             raise TrainingError(decision[len("fault:"):])
         if defn.distributed or env.is_main:
-            sink = _make_sink(trial, stage, defn, cfg) if env.is_main else None
             summary = defn.run(_stage_run(trial, stage, defn, cfg, env, sink)) or {}
     except Exception as exc:
         error = _error_line(exc)
@@ -105,6 +105,7 @@ def run_stage(trial: "TrialSpec", stage: "StageSpec", cfg: "RunConfig", env: "Di
         run_id = getattr(sink, "run_id", None)
         if run_id:
             record["tracking_run_id"] = run_id
+        _end_sink(sink, error)  # every stage's run ends FINISHED or FAILED, whatever its own code set
         layout.write_stage(sdir, record)
         lock.release()
         _close_sink(sink)
@@ -198,6 +199,17 @@ def _make_sink(trial: "TrialSpec", stage: "StageSpec", defn: StageDef, cfg: "Run
         # The JSON lines sink also sees every call, so the stage dir keeps its own metrics.
         sink = stage_sink(trial.tracking, Path(stage.dir), stage.name, tags, trial.config, local=sink)
     return faults.delayed(trial, stage.name, sink)
+
+
+def _end_sink(sink: Any, error: str | None) -> None:
+    """The stage's outcome as its tracking run's final status (the eval stage sets none of its own)."""
+    set_status = getattr(sink, "set_status", None)
+    if not callable(set_status):
+        return
+    try:
+        set_status("failed" if error else "finished", error)
+    except Exception as exc:  # tracking must never fail a finished stage
+        print(f"[sweep] warning: ending the tracking run failed: {exc}", file=sys.stderr)
 
 
 def _close_sink(sink: Any) -> None:

@@ -1,0 +1,63 @@
+"""Fault suite, tracking: a real tiny sweep through the real local launcher and stage path with MLflow on.
+Every stage's MLflow run (eval included) ends FINISHED (or FAILED), so `wsss report --from mlflow` reads
+the same table as `--from records`; the store's creation is safe under concurrent submitters."""
+
+from __future__ import annotations
+
+import multiprocessing
+from pathlib import Path
+
+import pytest
+
+from sweep_files import tiny_sweep, write_sweep
+from wsss.cli import main
+from wsss_core.pipeline import layout
+
+pytestmark = pytest.mark.slow
+
+SWEEP = "faults-mlflow"
+
+
+def _child_runs(workdir: Path, sweep: str):
+    from wsss_core.tracking.store import client, default_tracking_uri, experiment_name
+
+    mlflow_client = client(default_tracking_uri(workdir))
+    experiment = mlflow_client.get_experiment_by_name(experiment_name(sweep))
+    runs = mlflow_client.search_runs([experiment.experiment_id], max_results=1000)
+    return [r for r in runs if r.data.tags.get("wsss.role") == "stage"], \
+        [r for r in runs if r.data.tags.get("wsss.role") == "sweep"]
+
+
+def test_every_stage_run_ends_and_report_from_mlflow_equals_records(tmp_path, capsys):
+    sweep = tiny_sweep(SWEEP, axes={"seed": [0, 1]},
+                       faults=[{"stage": "cams", "kind": "raise", "times": 1, "when": {"seed": 1}}])
+    path = write_sweep(tmp_path / "s.yaml", sweep)
+    workdir = tmp_path / "work"
+    argv = ["sweep", "run", str(path), "--workdir", str(workdir)]
+    assert main(argv) == 1  # seed 1's cams stage fails once (injected)
+    stages, parents = _child_runs(workdir, SWEEP)
+    by_status = {}
+    for run in stages:
+        by_status.setdefault(run.info.status, []).append((run.data.tags["trial_id"], run.data.tags["stage"]))
+    assert "RUNNING" not in by_status, by_status
+    assert sorted(s for _, s in by_status["FAILED"]) == ["cams"]
+    assert [p.info.status for p in parents] == ["FAILED"]
+
+    assert main(argv + ["--retry-failed"]) == 0
+    stages, parents = _child_runs(workdir, SWEEP)
+    assert {r.info.status for r in stages} == {"FINISHED"}
+    assert [p.info.status for p in parents] == ["FINISHED"]
+    finished = {(r.data.tags["trial_id"], r.data.tags["stage"]) for r in stages}
+    records = layout.list_trials(workdir, SWEEP)
+    assert len(records) == 2
+    assert finished == {(rec["trial_id"], s) for rec in records for s in ("train", "cams", "eval")}
+
+    capsys.readouterr()
+    outs = {}
+    for source in ("records", "mlflow"):
+        assert main(["report", SWEEP, "--workdir", str(workdir), "--from", source,
+                     "--out", str(tmp_path / source)]) == 0
+        outs[source] = capsys.readouterr().out.replace(f"from {source}", "")
+        assert "2 trials" in outs[source]
+    assert outs["mlflow"] == outs["records"]
+    assert (tmp_path / "mlflow" / "ablation.md").read_text() == (tmp_path / "records" / "ablation.md").read_text()
