@@ -10,6 +10,7 @@ import pandas as pd
 from wsss_core.errors import ConfigError
 
 from . import plots, tables
+from .final import final_report
 from .collect import CONTEXT, ReportError, _warn, trials_from_mlflow, trials_from_records
 
 Source = Literal["records", "mlflow"]
@@ -76,6 +77,9 @@ def build_report(sweep_name: str, workdir: str | Path, source: Source = "records
         path = paths[f"{name}_md"]
         note = f"\n{tables.CONTOUR_AVERAGING}\n" if name == "contour" else ""
         path.write_text(f"Evaluation protocol: {protocol_line}\n\n" + path.read_text() + note)
+    final = final_report(trials, workdir, sweep_name, out) if source == "records" else None  # analysis/final.py
+    if final is not None:
+        paths.update(final["paths"])
     trials.drop(columns=["curve"]).to_csv(out / "trials.csv", index=False)
     paths["trials_csv"] = out / "trials.csv"
     paths["threshold_curves_png"] = plots.plot_threshold_curves(trials, out / "threshold_curves.png",
@@ -87,7 +91,8 @@ def build_report(sweep_name: str, workdir: str | Path, source: Source = "records
         text += "\n" + tables.to_text(*tables.calibration_grid(calibration, ("miou", "contour_f")))
     return {"trials": trials, "ablation": ablation, "robustness": robustness, "contour": contour, "paths": paths,
             "calibration": calibration, "protocol": protocol_line, "markdown": format_ablation_markdown(ablation),
-            "text": text, "out_dir": out}
+            "text": text + (f"\nFinal segmentation network (val):\n{final['text']}" if final else ""),
+            "final": final["table"] if final else None, "out_dir": out}
 
 
 def calibrate(trials: pd.DataFrame, out: Path) -> tuple[list[dict], str]:

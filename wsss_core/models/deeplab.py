@@ -36,13 +36,14 @@ class DilatedResNet(nn.Module):
     """ResNet-50/101 with per-stage strides and dilations (torchvision names: conv1, bn1, layer1..layer4)."""
 
     def __init__(self, layers: Sequence[int], strides: Sequence[int] = (1, 2, 1, 1),
-                 dilations: Sequence[int] = (1, 1, 2, 4), bn: str = "frozen_stats", freeze_stem: bool = True):
+                 dilations: Sequence[int] = (1, 1, 2, 4), bn: str = "frozen_stats", freeze_stem: bool = True,
+                 ceil_pool: bool = False):
         super().__init__()
         self.bn_mode = bn
         self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=ceil_pool)  # kazuto's v2: ceil (513 → 65)
         in_planes = 64
         for index, (blocks, planes, stride, dilation) in enumerate(zip(layers, (64, 128, 256, 512), strides,
                                                                         dilations)):
@@ -163,7 +164,8 @@ def build_segmentation_net(arch: str, backbone: str, num_classes: int, *, backbo
     if backbone in RESNET_LAYERS:
         # v2: output stride 8 (layer3, layer4 dilated 2, 4); v3+: 16 (layer4 dilated 2)
         strides, dilations = ((1, 2, 1, 1), (1, 1, 2, 4)) if arch == "deeplab_v2" else ((1, 2, 2, 1), (1, 1, 1, 2))
-        body: nn.Module = DilatedResNet(RESNET_LAYERS[backbone], strides, dilations, **(backbone_options or {}))
+        body: nn.Module = DilatedResNet(RESNET_LAYERS[backbone], strides, dilations, ceil_pool=arch == "deeplab_v2",
+                                        **(backbone_options or {}))
         if pretrained:
             load_weights(body, pretrained)
     else:

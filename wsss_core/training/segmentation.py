@@ -262,7 +262,7 @@ def segmentation_loss(outputs: list[torch.Tensor], mask: torch.Tensor, label_res
             target = mask
         else:
             h, w = logits.shape[-2:]
-            target = torch.stack([torch.from_numpy(np.asarray(Image.fromarray(m.astype(np.uint8)).resize(
+            target = torch.stack([torch.from_numpy(np.array(Image.fromarray(m.astype(np.uint8)).resize(
                 (w, h), Image.NEAREST))).long() for m in mask.cpu().numpy()]).to(mask.device)
         total = total + F.cross_entropy(logits.float(), target, ignore_index=VOID)
     return total
