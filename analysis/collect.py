@@ -87,18 +87,27 @@ def trials_from_records(sweep_name: str, workdir: str | Path, fixed_threshold: f
                           "name")
     rows, skipped = [], []
     for path in paths:
+        rebuild = ("run `wsss sweep run` on the sweep file again: it rebuilds trial records from the stage store "
+                   "and recomputes only what is missing or damaged")
         try:
             record = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ReportError(f"{path}: not valid JSON: {exc}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ReportError(f"{path}: trial record is not valid JSON ({exc}); {rebuild}") from None
+        if not isinstance(record, dict):
+            raise ReportError(f"{path}: trial record is a JSON {type(record).__name__}, not an object; {rebuild}")
         eval_json = record.get("eval_json")
         if not eval_json or not Path(eval_json).is_file():
-            skipped.append(f"{record.get('trial_id', path.stem)} ({record.get('state', 'no state')})")
+            why = f"its eval.json {eval_json} is missing" if eval_json else "no evaluation recorded"
+            skipped.append(f"{record.get('trial_id', path.stem)} ({record.get('state', 'no state')}; {why})")
             continue
         try:
             result = json.loads(Path(eval_json).read_text())
-        except json.JSONDecodeError as exc:
-            raise ReportError(f"{eval_json}: not valid JSON ({exc}); trial {record.get('trial_id')}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ReportError(f"{eval_json}: not valid JSON ({exc}); trial {record.get('trial_id')}; {rebuild}") \
+                from None
+        if not isinstance(result, dict):
+            raise ReportError(f"{eval_json}: a JSON {type(result).__name__}, not an evaluation result; trial "
+                              f"{record.get('trial_id')}; {rebuild}")
         rows.append({**_identity(record), **scores_from_eval(result, fixed_threshold, eval_json)})
     if skipped:
         _warn(f"{len(skipped)} trial(s) without an evaluation left out: {', '.join(skipped[:5])}"

@@ -17,7 +17,7 @@ from typing import Any
 
 from wsss_core.config import to_dict
 from wsss_core.errors import ConfigError
-from wsss_core.pipeline import TrialSpec, find_stage, layout, plan_trial
+from wsss_core.pipeline import TrialSpec, find_stage, integrity, layout, plan_trial
 from wsss_core.pipeline.stages.seg_train import STAGE as SEG_TRAIN_STAGE
 
 from .spec import Resources, SweepSpec, describe, validate_trials
@@ -33,15 +33,25 @@ class SweepPlan:
     trials: list[TrialSpec]
     duplicates: list[tuple[str, str]]  # (combination, trial id it shares)
 
-    def stage_status(self) -> dict[str, dict[str, int]]:
+    def trial_states(self) -> dict[str, dict[str, tuple[str, str | None]]]:
+        """Per trial id, per stage: (state, why a stage that was finished is recomputed, or None), from the stage
+        store (``wsss_core.pipeline.integrity``)."""
+        return {t.trial_id: integrity.trial_stage_states(t) for t in self.trials}
+
+    def stage_status(self, trial_states: dict[str, dict[str, tuple[str, str | None]]] | None = None
+                     ) -> dict[str, dict[str, int]]:
         """Per stage name: unique stages, finished, to run (a key shared by trials counts once)."""
+        trial_states = self.trial_states() if trial_states is None else trial_states
         seen: dict[str, dict[str, str]] = {}
         for trial in self.trials:
             for stage in trial.stages:
-                seen.setdefault(find_stage(stage.name).store_name, {})[stage.key] = stage.dir
+                state = trial_states[trial.trial_id][stage.name][0]
+                keys = seen.setdefault(find_stage(stage.name).store_name, {})
+                if keys.get(stage.key) in (None, "finished"):  # shared: to run if any trial must recompute it
+                    keys[stage.key] = state
         out = {}
         for name, keys in seen.items():
-            states = Counter(layout.stage_state(Path(d)) for d in keys.values())
+            states = Counter(keys.values())
             out[name] = {"unique": len(keys), "finished": states["finished"], "running": states["running"],
                          "failed": states["failed"], "to_run": len(keys) - states["finished"] - states["running"]}
         return out
@@ -97,7 +107,8 @@ def measured_durations(workdir: Path, stage: str) -> list[float]:
             if r.get("duration_s") is not None]
 
 
-def estimate_hours(plan: SweepPlan) -> tuple[float, str, dict[str, str]]:
+def estimate_hours(plan: SweepPlan, trial_states: dict[str, dict[str, tuple[str, str | None]]] | None = None
+                   ) -> tuple[float, str, dict[str, str]]:
     """Device-hours of the stages still to run: measured median durations of finished stages of the same
     name where there are any, else the trial's time_min shared by its stages. GPU-hours when trials ask for
     GPUs, else CPU core-hours. Returns (hours, unit, per-stage basis)."""
@@ -112,12 +123,13 @@ def estimate_hours(plan: SweepPlan) -> tuple[float, str, dict[str, str]]:
             basis[name] = "resources.time_min"
     total = 0.0
     gpus = any(t.resources["gpus_per_node"] > 0 for t in plan.trials)
+    trial_states = plan.trial_states() if trial_states is None else trial_states
     counted: set[str] = set()
     for trial in plan.trials:
         res = Resources(**trial.resources)
         per_second = res.nodes * res.gpus_per_node if gpus else res.world_size * res.cpus_per_task
         for stage in trial.stages:
-            if stage.key in counted or layout.stage_state(Path(stage.dir)) == "finished":
+            if stage.key in counted or trial_states[trial.trial_id][stage.name][0] == "finished":
                 continue
             counted.add(stage.key)
             seconds = medians.get(stage.name, res.time_min * 60 / len(trial.stages))
@@ -136,7 +148,8 @@ def format_plan(plan: SweepPlan, verbose: bool = True) -> str:
     lines.append(f"work dir: {plan.workdir}")
     for combo, trial_id in plan.duplicates:
         lines.append(f"  duplicate: {combo} has the same stages as trial {trial_id} (run once)")
-    status = plan.stage_status()
+    trial_states = plan.trial_states()
+    status = plan.stage_status(trial_states)
     lines.append("")
     names = _ordered_stage_names(plan)
     width = max([len("stage")] + [len(n) for n in names]) + 2
@@ -155,7 +168,7 @@ def format_plan(plan: SweepPlan, verbose: bool = True) -> str:
         seg = status[SEGMENTATION_TRAINING]
         lines.append(f"segmentation trainings: {seg['unique']} ({seg['to_run']} to run; the final stage, usually "
                      f"the largest GPU cost)")
-    hours, unit, basis = estimate_hours(plan)
+    hours, unit, basis = estimate_hours(plan, trial_states)
     res = plan.spec.resources
     lines.append(f"estimate for what is left: {hours:.2f} {unit} (resources per trial: {res.nodes} node(s) × "
                  f"{res.tasks_per_node} process(es), {res.cpus_per_task} cpu(s) each, {res.gpus_per_node} GPU(s) "
@@ -165,10 +178,20 @@ def format_plan(plan: SweepPlan, verbose: bool = True) -> str:
         lines.append("")
         lines.append(f"{'#':>4}  {'trial':<40} {'stages done':<12} axes")
         for trial in plan.trials:
-            done = sum(layout.stage_state(Path(s.dir)) == "finished" for s in trial.stages)
+            done = sum(trial_states[trial.trial_id][s.name][0] == "finished" for s in trial.stages)
             axes = " ".join(f"{k}={v}" for k, v in trial.axes.items())
             lines.append(f"{trial.index:>4}  {trial.trial_id:<40} {done}/{len(trial.stages):<10} {axes}")
+    lines.extend(recompute_lines(trial_states))
     return "\n".join(lines)
+
+
+def recompute_lines(trial_states: dict[str, dict[str, tuple[str, str | None]]]) -> list[str]:
+    """One line per stage that was finished and is recomputed, with why (none when the store is intact)."""
+    lines = [f"  {trial_id}: {name}: {reason}" for trial_id, states in trial_states.items()
+             for name, (_, reason) in states.items() if reason]
+    if lines:
+        lines.insert(0, "\nrecompute (a stage found missing or damaged, and the stages after it):")
+    return lines
 
 
 def _ordered_stage_names(plan: SweepPlan) -> list[str]:

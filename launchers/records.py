@@ -65,12 +65,14 @@ def claim(trials: list[TrialSpec], launcher: str, parent_run_id: str | None, ret
     """Per trial, under its record's lock: finished → ``finished``; pending/running with a live owner →
     ``reattached``; failed → ``failed`` unless ``retry_failed``; else claimed for this submitter → ``run``
     (a pending/running record whose owner is gone is stale: noted in its error, rerun)."""
-    outcome: dict[str, list[str]] = {"run": [], "reattached": [], "finished": [], "failed": []}
+    outcome: dict[str, list[str]] = {"run": [], "reattached": [], "finished": [], "failed": [], "recompute": []}
     me = layout.owner_of_this_process(launcher)
     for trial in trials:
         with layout.update_trial(trial.record_path) as record:
             was = record.get("state")
             current = refresh_record(trial, record)
+            outcome["recompute"].extend(f"{trial.trial_id}: {name}: {why}"
+                                        for name, why in (record.get("recompute") or {}).items())
             if parent_run_id:
                 record["tracking"]["parent_run_id"] = parent_run_id
             if current == "finished":

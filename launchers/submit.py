@@ -46,6 +46,7 @@ class SweepOutcome:
     reattached: list[str] = field(default_factory=list)
     skipped_finished: list[str] = field(default_factory=list)
     skipped_failed: list[str] = field(default_factory=list)
+    recompute: list[str] = field(default_factory=list)  # "trial: stage: why" for stages found missing or damaged
     records: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -68,7 +69,8 @@ def _git_commit() -> str | None:
 def claim_trials(plan: SweepPlan, opts: SubmitOptions, parent_run_id: str | None) -> SweepOutcome:
     claimed = records.claim(plan.trials, opts.launcher, parent_run_id, opts.retry_failed)
     return SweepOutcome(plan, ran=claimed["run"], reattached=claimed["reattached"],
-                        skipped_finished=claimed["finished"], skipped_failed=claimed["failed"])
+                        skipped_finished=claimed["finished"], skipped_failed=claimed["failed"],
+                        recompute=claimed["recompute"])
 
 
 def _tracking(plan: SweepPlan, opts: SubmitOptions, stream) -> Any:
@@ -130,6 +132,9 @@ def _run_planned(spec: SweepSpec, plan: SweepPlan, backend: Backend, opts: Submi
           f"{len(outcome.skipped_finished)} finished, {len(outcome.reattached)} running elsewhere, "
           f"{len(outcome.skipped_failed)} failed (rerun with --retry-failed); launcher {opts.launcher}",
           file=stream, flush=True)
+    if outcome.recompute:
+        print("[sweep] recompute (a stage found missing or damaged in the stage store, and the stages after it):\n"
+              + "\n".join(f"  {line}" for line in outcome.recompute), file=stream, flush=True)
     by_id = {t.trial_id: t for t in plan.trials}
     to_run = [by_id[i] for i in outcome.ran]
     commit = _git_commit()

@@ -9,6 +9,7 @@ Read in this order (a trial's path, top to bottom):
 * ``trial.py``   ``plan_trial``: a run config → a trial of keyed stages (``TrialSpec``)
 * ``runner.py``  ``run_trial``: claim, run, record, resume, on every rank of the trial
 * ``layout.py``  the work dir: stage folders, records, locks, trial records, the layout version
+* ``integrity.py`` whether a finished stage can be trusted (outputs intact, inputs not recomputed since)
 * ``faults.py``  the test-only fault hooks the runner honours
 
 Nothing here imports torch at import time; ``launchers`` (where trials run) and ``analysis`` (reports)

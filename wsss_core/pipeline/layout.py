@@ -29,6 +29,7 @@ import fcntl
 import json
 import os
 import socket
+import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -71,10 +72,13 @@ def now() -> float:
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object file; None when it is missing, unreadable, not JSON or not an object (a damaged record
+    counts as none: the stage store is checked and the record rebuilt from it)."""
     try:
-        return json.loads(Path(path).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        value = json.loads(Path(path).read_text())
+    except (FileNotFoundError, IsADirectoryError, UnicodeDecodeError, json.JSONDecodeError):
         return None
+    return value if isinstance(value, dict) else None
 
 
 # -- the layout version ------------------------------------------------------------------------------
@@ -245,7 +249,11 @@ def write_trial(path: Path, record: dict[str, Any]) -> None:
 def update_trial(path: Path) -> Iterator[dict[str, Any]]:
     """Read-modify-write a trial record under its lock; the yielded dict is written back."""
     with file_lock(path.with_suffix(".lock")):
-        record = read_json(path) or {}
+        record = read_json(path)
+        if record is None and path.exists():
+            print(f"wsss: trial record {path} is damaged (not a JSON object); rebuilding it from the stage store",
+                  file=sys.stderr, flush=True)
+        record = record or {}
         yield record
         record["updated"] = now()
         write_json_atomic(path, record)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import TrainingError, WsssError
-from . import faults, layout
+from . import faults, integrity, layout
 from .chains import find_stage
 from .stage import StageDef, StageRun
 
@@ -65,7 +65,8 @@ def run_trial(trial: "TrialSpec") -> dict[str, Any]:
         if made_group:
             cleanup_distributed()
     if env.is_main:
-        _update_record(trial, state="finished", error=None, finished=layout.now(), eval_json=eval_json(trial))
+        _update_record(trial, state="finished", error=None, finished=layout.now(), eval_json=eval_json(trial),
+                       recompute=None)
     return outcomes
 
 
@@ -105,6 +106,8 @@ def run_stage(trial: "TrialSpec", stage: "StageSpec", cfg: "RunConfig", env: "Di
         run_id = getattr(sink, "run_id", None)
         if run_id:
             record["tracking_run_id"] = run_id
+        if not error:
+            record["outputs"] = integrity.output_manifest(sdir)  # what a later reuse checks is still there
         _end_sink(sink, error)  # every stage's run ends FINISHED or FAILED, whatever its own code set
         layout.write_stage(sdir, record)
         lock.release()
@@ -124,18 +127,25 @@ def eval_json(trial: "TrialSpec") -> str | None:
     return None
 
 
-def _plan_fields(trial: "TrialSpec") -> dict[str, Any]:
+def _plan_fields(trial: "TrialSpec", states: dict[str, tuple[str, str | None]]) -> dict[str, Any]:
     stages = {}
     for s in trial.stages:
-        stages[s.name] = {"key": s.key, "dir": s.dir, "state": layout.stage_state(Path(s.dir))}
+        stages[s.name] = {"key": s.key, "dir": s.dir, "state": states[s.name][0]}
     return {"trial_id": trial.trial_id, "sweep": trial.sweep, "index": trial.index, "axes": trial.axes,
             "baseline": trial.baseline, "addons": trial.addons, "addons_label": trial.addons_label,
             "posterior": trial.posterior, "seed": trial.seed, "stages": stages, "resources": trial.resources}
 
 
 def refresh_record(trial: "TrialSpec", record: dict[str, Any]) -> str:
-    """Refresh a trial record's plan fields and stage states; its state ('finished' when every stage is)."""
-    record.update(_plan_fields(trial))
+    """Refresh a trial record's plan fields and stage states from the stage store; its state ('finished' when
+    every stage is; a trial recorded finished whose stages are not is 'pending', ``recompute`` says why)."""
+    states = integrity.trial_stage_states(trial, record)
+    record.update(_plan_fields(trial, states))
+    reasons = integrity.recompute_reasons(states)
+    if reasons:
+        record["recompute"] = reasons
+    else:
+        record.pop("recompute", None)
     record.setdefault("state", "pending")
     record.setdefault("attempts", 0)
     record.setdefault("error", None)
@@ -145,6 +155,8 @@ def refresh_record(trial: "TrialSpec", record: dict[str, Any]) -> str:
         if record["state"] != "finished":
             record.update({"state": "finished", "error": None})
         record["eval_json"] = eval_json(trial)
+    elif record["state"] == "finished":  # the stage store says otherwise: recompute what is missing or damaged
+        record.update({"state": "pending", "eval_json": None})
     return record["state"]
 
 
@@ -154,16 +166,24 @@ def _claim_stage(trial: "TrialSpec", stage: "StageSpec", lock: layout.StageLock)
     """Rank 0: 'done' if the stage is finished, else take its lock (waiting for another holder) and
     record it running; returns 'run', 'done' or 'fault:<message>'."""
     sdir = Path(stage.dir)
-    if layout.read_stage(sdir).get("state") == "finished":
+    if layout.read_stage(sdir).get("state") == "finished" and _reusable(trial, stage):
         return "done"
     if not lock.acquire(blocking=False):
         print(f"[sweep] {trial.trial_id}: stage {stage.name} {stage.key} is being run by {lock.holder()}; "
               f"waiting for it", file=sys.stderr, flush=True)
         lock.acquire(blocking=True)
     record = layout.read_stage(sdir)
-    if record.get("state") == "finished":  # finished by the holder we waited for
-        lock.release()
-        return "done"
+    if record.get("state") == "finished":
+        if _reusable(trial, stage):  # finished by the holder we waited for
+            lock.release()
+            return "done"
+    why = integrity.stage_problem(sdir) or (integrity.input_problem(trial, stage)
+                                            if record.get("state") == "finished" else None)
+    if why:  # a finished stage that cannot be trusted: start it afresh, so no damaged file is resumed from
+        print(f"[sweep] {trial.trial_id}: recomputing stage {stage.name} {stage.key}: {why}", file=sys.stderr,
+              flush=True)
+        _clear_stage_dir(sdir)
+        record = {"attempts": record.get("attempts", 0), "recomputed": why}
     record.update({"stage": stage.name, "key": stage.key, "state": "running",
                    "attempts": int(record.get("attempts", 0)) + 1, "error": None, "started": layout.now(),
                    "finished": None, "trial_id": trial.trial_id, "sweep": trial.sweep,
@@ -171,6 +191,23 @@ def _claim_stage(trial: "TrialSpec", stage: "StageSpec", lock: layout.StageLock)
     layout.write_stage(sdir, record)
     fault = faults.injected_failure(trial, stage.name)
     return f"fault:{fault}" if fault else "run"
+
+
+def _reusable(trial: "TrialSpec", stage: "StageSpec") -> bool:
+    """A finished stage is reused only if its outputs are intact and no input was recomputed after it."""
+    return integrity.stage_problem(Path(stage.dir)) is None and integrity.input_problem(trial, stage) is None
+
+
+def _clear_stage_dir(sdir: Path) -> None:
+    import shutil
+
+    for entry in sdir.iterdir() if sdir.is_dir() else ():
+        if entry.name == layout.LOCK_FILE:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 def _stage_run(trial: "TrialSpec", stage: "StageSpec", defn: StageDef, cfg: "RunConfig", env: "DistEnv",
