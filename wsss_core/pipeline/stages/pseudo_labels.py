@@ -49,7 +49,14 @@ def run(stage: StageRun) -> dict[str, Any]:
         view = run_config_from_dict(plain, "pseudo_labels (maps of the segmentation split)")
         return write_cams(view, stage.stage_dir, setup_distributed(cfg.train.device), weights_dir=stage.inputs["train"])
 
-    return make_pseudo_labels(cfg, stage.stage_dir, stage.trial.workdir, maps, store, stage.inputs["eval"], make_maps)
+    return _logged(stage, make_pseudo_labels(cfg, stage.stage_dir, stage.trial.workdir, maps, store,
+                                             stage.inputs["eval"], make_maps))
+
+
+def _logged(stage: StageRun, summary: dict[str, Any]) -> dict[str, Any]:
+    if stage.sink is not None and summary.get("threshold") is not None:
+        stage.sink.log_metrics({"threshold": float(summary["threshold"])}, 0)
+    return summary
 
 
 def amn_run(stage: StageRun) -> dict[str, Any]:
@@ -74,10 +81,11 @@ def amn_run(stage: StageRun) -> dict[str, Any]:
         make_amn_cams(view, stage.inputs["amn_train"], stage.inputs["amn_seeds"], maps_dir)
         return maps_dir
 
-    return make_pseudo_labels(cfg, stage.stage_dir, stage.trial.workdir, maps, store, stage.inputs["amn_eval"],
-                              make_maps)
+    return _logged(stage, make_pseudo_labels(cfg, stage.stage_dir, stage.trial.workdir, maps, store,
+                                             stage.inputs["amn_eval"], make_maps))
 
 
-STAGE = StageDef("pseudo_labels", ("train", "cams", "eval"), key_slice, run, distributed=True)
+STAGE = StageDef("pseudo_labels", ("train", "cams", "eval"), key_slice, run, distributed=True,
+                 sink_stage="pseudo_labels")
 AMN_STAGE = StageDef("amn_pseudo_labels", ("amn_train", "amn_seeds", "amn_maps", "amn_eval"), key_slice, amn_run,
-                     distributed=True, same_as="pseudo_labels")
+                     distributed=True, same_as="pseudo_labels", sink_stage="pseudo_labels")
