@@ -274,3 +274,17 @@ def test_segmentation_training_resumes_exactly_after_a_kill(learn_root, tmp_path
     assert expected.keys() == got.keys()
     for key in expected:
         assert torch.equal(expected[key], got[key]), key
+
+
+def test_amn_chain_trains_the_final_network_on_amns_maps(workdir):
+    trial = run(["model.baseline=amn", "model.options={aspp_rates: [1, 2], training: {epochs: 1, lr: 0.001}}"],
+                workdir)
+    names = [s.name for s in trial.stages]
+    assert names[-4:] == ["amn_eval", "amn_pseudo_labels", "seg_train", "seg_eval"]
+    labels = json.loads((Path(trial.stage("amn_pseudo_labels").dir) / "pseudo_labels.json").read_text())
+    scores = json.loads((Path(trial.stage("amn_eval").dir) / "eval.json").read_text())
+    assert labels["threshold"] == scores["best"]["threshold"] and labels["split"] == "train_aug"
+    assert (Path(trial.stage("amn_pseudo_labels").dir) / "maps").is_dir()  # AMN's maps made for train_aug
+    assert len(list(Path(labels["labels_dir"]).glob("*.png"))) == SYNTH["n_train"] + SYNTH["n_aug_extra"]
+    assert stage_summary(trial, "seg_eval")["final_miou"] is not None
+    assert Path(trial.stage("amn_pseudo_labels").dir).parent.name == "pseudo_labels"  # stored as the CAM chain's
