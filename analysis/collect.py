@@ -148,14 +148,16 @@ def axis_columns(frame: pd.DataFrame) -> list[str]:
 def trials_from_mlflow(sweep_name: str, tracking_uri: str, fixed_threshold: float = 0.25,
                        page_size: int = 1000) -> pd.DataFrame:
     """Finished evaluation runs (runs with a ``best_miou`` metric) of the sweep's experiment, all pages."""
-    from wsss_core.tracking.store import client, experiment_name, search_runs_paged
+    from wsss_core.tracking.store import client, experiment_name, search_runs_paged, way_forward
 
-    mlflow_client = client(tracking_uri)
     name = experiment_name(sweep_name)
     try:
+        mlflow_client = client(tracking_uri)
         experiment = mlflow_client.get_experiment_by_name(name)
     except Exception as exc:  # noqa: BLE001
-        raise ReportError(f"tracking store {tracking_uri}: cannot read it: {type(exc).__name__}: {exc}") from None
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise ReportError(f"tracking store {tracking_uri}: cannot read it: {type(exc).__name__}: {first}. "
+                          f"{way_forward(tracking_uri)}") from None
     if experiment is None:
         names = [e.name for e in mlflow_client.search_experiments(max_results=50)]
         raise ReportError(f"tracking store {tracking_uri}: no experiment {name!r}; experiments there: "

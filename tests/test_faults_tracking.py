@@ -61,3 +61,43 @@ def test_every_stage_run_ends_and_report_from_mlflow_equals_records(tmp_path, ca
         assert "2 trials" in outs[source]
     assert outs["mlflow"] == outs["records"]
     assert (tmp_path / "mlflow" / "ablation.md").read_text() == (tmp_path / "records" / "ablation.md").read_text()
+
+
+CREATE = """
+import sys
+from wsss_core.tracking.store import prepare_sweep_tracking
+ctx = prepare_sweep_tracking("race", None, sys.argv[1])
+print(ctx.experiment_id, ctx.parent_run_id)
+"""
+
+
+def test_concurrent_submitters_create_one_usable_store(tmp_path):
+    """Several submitters starting at once in a new work dir: the store is created once (under its lock),
+    every one of them gets the same experiment and parent run, and the store stays usable."""
+    import subprocess
+    import sys
+
+    workdir = tmp_path / "new-work"
+    procs = [subprocess.Popen([sys.executable, "-c", CREATE, str(workdir)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    results = [(p.wait(timeout=300), *p.communicate()) for p in procs]
+    assert all(rc == 0 for rc, _, _ in results), [err[-2000:] for _, _, err in results]
+    assert len({tuple(out.split()[-2:]) for _, out, _ in results}) == 1
+    from wsss_core.tracking.store import client, default_tracking_uri
+
+    experiments = client(default_tracking_uri(workdir)).search_experiments()
+    assert sorted(e.name for e in experiments) == ["Default", "wsss/race"]
+
+
+def test_damaged_store_gives_one_message_with_the_way_forward(tmp_path, capsys):
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    (workdir / "mlflow.db").write_bytes(b"not a database" * 500)
+    path = write_sweep(tmp_path / "s.yaml", tiny_sweep("damaged-store"))
+    assert main(["sweep", "run", str(path), "--workdir", str(workdir)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and f"mv {workdir / 'mlflow.db'}" in err and "--no-tracking" in err
+    assert not layout.trials_dir(workdir, "damaged-store").exists()  # nothing claimed or started
+    assert main(["report", "damaged-store", "--workdir", str(workdir), "--from", "mlflow"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "cannot read it" in err and "--from records" in err

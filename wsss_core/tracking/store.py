@@ -196,7 +196,16 @@ def init_store(uri: str) -> None:
         client(uri).search_experiments(max_results=1)  # opening a SQLAlchemy store runs its migrations
     except Exception as exc:  # noqa: BLE001 - report which store failed, whatever the cause
         raise TrackingError(f"tracking store {uri}: cannot open it: {type(exc).__name__}: "
-                            f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
+                            f"{str(exc).splitlines()[0] if str(exc) else ''}. {way_forward(uri)}") from None
+
+
+def way_forward(uri: str) -> str:
+    """What to do about a tracking store that cannot be opened (said with every such error)."""
+    path = sqlite_path(uri)
+    where = (f"If {path} is damaged, move it away (`mv {path} {path}.damaged`) and run again: a new store is "
+             "created. " if path is not None else "Check the server (its logs, its backend store). ")
+    return (where + "Every result stays in the stage folders and trial records: `wsss report --from records` needs "
+            "no tracking store, and `wsss sweep run --no-tracking` runs without one.")
 
 
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
@@ -234,6 +243,20 @@ def prepare_sweep_tracking(sweep_name: str, tracking_uri: str | None, workdir: s
     """
     workdir = Path(workdir)
     uri = resolve_tracking_uri(tracking_uri, workdir)
+    # Concurrent submitters: one at a time creates or migrates the store, the experiment and the parent run.
+    with layout.file_lock(store_lock_path(uri, workdir, sweep_name)):
+        return _prepare_sweep_tracking(sweep_name, uri, workdir, params, tags)
+
+
+def store_lock_path(uri: str, workdir: Path, sweep_name: str) -> Path:
+    """``<mlflow.db>.lock`` beside a SQLite store; for a server, the sweep's own lock (one parent run)."""
+    path = sqlite_path(uri)
+    return path.with_name(path.name + ".lock") if path is not None else \
+        layout.sweep_dir(workdir, sweep_name) / "tracking.lock"
+
+
+def _prepare_sweep_tracking(sweep_name: str, uri: str, workdir: Path, params: Mapping[str, Any] | None,
+                            tags: Mapping[str, Any] | None) -> TrackingContext:
     init_store(uri)
     artifact_location = None
     if sqlite_path(uri) is not None:
