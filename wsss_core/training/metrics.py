@@ -45,6 +45,26 @@ def read_status(run_dir: str | Path) -> dict[str, Any] | None:
         return None
 
 
+def drop_steps_from(path: Path, step: int) -> None:
+    """Keep only the lines of ``path`` logged before ``step`` (and no line cut short by a kill)."""
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        return
+    kept = []
+    for line in lines:
+        try:
+            logged = json.loads(line).get("step")
+        except (json.JSONDecodeError, AttributeError):
+            continue
+        if isinstance(logged, (int, float)) and logged < step:
+            kept.append(line)
+    if len(kept) != len(lines):
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.replace(path)
+
+
 class JsonlSink:
     """Appends ``{"step": s, "time": t, **metrics}`` lines to metrics.jsonl and keeps status.json."""
 
@@ -54,11 +74,15 @@ class JsonlSink:
         self.print_every = print_every
         self.stream = stream
         self.stage = stage
+        self._trimmed = False
 
     def log_params(self, params: dict[str, Any]) -> None:
         write_json_atomic(self.run_dir / "params.json", params)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        if not self._trimmed:  # a resumed run re-logs the steps after its checkpoint: drop their old lines once
+            self._trimmed = True
+            drop_steps_from(self.run_dir / "metrics.jsonl", step)
         record = {"step": step, "time": round(time.time(), 3), **{k: float(v) for k, v in metrics.items()}}
         with open(self.run_dir / "metrics.jsonl", "a") as handle:
             handle.write(json.dumps(record) + "\n")
