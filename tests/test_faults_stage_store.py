@@ -95,3 +95,15 @@ def test_deleted_or_damaged_stages_are_recomputed_and_named(tmp_path, capsys):
     assert "eval: its output eval.json changed since it finished" in capsys.readouterr().out
     assert main(["report", SWEEP, "--workdir", str(workdir), "--out", str(tmp_path / "r3")]) == 0
     assert "2 trials" in capsys.readouterr().out
+
+    # A trial record that is valid JSON of the wrong type: report says so and how to fix it; run rebuilds it
+    # from the stage store without recomputing anything.
+    record0 = layout.trial_path(workdir, SWEEP, t0)
+    record0.write_text('["not", "a", "record"]')
+    assert main(["report", SWEEP, "--workdir", str(workdir), "--out", str(tmp_path / "r4")]) == 2
+    err = capsys.readouterr().err
+    assert f"{record0}: trial record is a JSON list" in err and "wsss sweep run" in err and "Traceback" not in err
+    assert main(run) == 0
+    captured = capsys.readouterr()
+    assert f"trial record {record0} is damaged" in captured.err and "2 finished (ran 0, reused 2)" in captured.out
+    assert _records(workdir)[0]["eval_json"] == after[0]["eval_json"]
