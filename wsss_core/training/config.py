@@ -134,7 +134,8 @@ class EvalConfig:
 class FinalConfig:
     """The final segmentation stage (methods.md, "Final segmentation stage"): pseudo-labels from the trial's
     maps → a DeepLab network trained on them → scored on ``val_split``. Off unless ``enabled``. Defaults are
-    demo scale (small backbone, 64 px crops); the paper's DeepLab-v2 setting is in docs/segmentation.md."""
+    demo scale (small backbone, 64 px crops); the paper's DeepLab-v2 setting is spelled out at the top of
+    sweeps/ablation_final_demo.yaml."""
 
     enabled: bool = False
     # Pseudo-labels: background threshold, a number or "best" (the best of the trial's eval stage)
