@@ -66,10 +66,10 @@ CamInfer = Callable[[list[dict], ScaledInputs, torch.Tensor], list[CamResult]]
 def write_store_shard(store: CamStore, dataset: Any, env: DistEnv, cfg: RunConfig, infer: CamInfer,
                       desc: str) -> None:
     """This rank's share of ``dataset`` (images rank, rank + W, …) into ``store``. Images of one size are
-    batched (up to ``cfg.cams.batch_size``; a batch runs early when ``PENDING_BATCHES`` batches' worth of
-    images wait), their per-scale inputs made as ``cfg.cams.resize`` says; ``infer(samples, inputs, labels)``
-    gives one CamResult per sample. Images already stored (an interrupted earlier run) are skipped."""
-    batch_size = cfg.cams.batch_size
+    batched (up to ``cfg.cams.batch_size``, null: 1 on CPU, 8 on CUDA; a batch runs early when
+    ``PENDING_BATCHES`` batches' worth of images wait), their per-scale inputs made as ``cfg.cams.resize``
+    says; ``infer(samples, inputs, labels)`` gives one CamResult per sample. Images already stored (an interrupted earlier run) are skipped."""
+    batch_size = cfg.cams.batch_size or (8 if env.device.type == "cuda" else 1)
     pending: dict[tuple[int, int], list[dict]] = {}
 
     def run(samples: list[dict]) -> None:

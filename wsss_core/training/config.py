@@ -110,13 +110,15 @@ class CamsConfig:
     # Each scale's maps to image size: reference = the baseline's reference rule (CAM: IRN's stride-aligned
     # upsample then crop; SEAM, AMN: straight to H x W); direct = straight to H x W for every baseline.
     upsample: Literal["reference", "direct"] = "reference"
-    batch_size: int = 4  # same-size images per forward (with their flips); results equal to one at a time
+    # Same-size images per forward (with their flips); the maps equal those of one image at a time (1e-5).
+    # null: 1 on CPU (batches were slower there, bench/RESULTS.md), 8 on CUDA.
+    batch_size: int | None = None
 
     def validate(self, where: str) -> None:
         if not self.scales or any(s <= 0 for s in self.scales):
             raise ConfigError(f"{where}.scales: need positive scales, got {list(self.scales)}")
-        if self.batch_size < 1:
-            raise ConfigError(f"{where}.batch_size: must be at least 1, got {self.batch_size}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ConfigError(f"{where}.batch_size: must be at least 1 (or null), got {self.batch_size}")
 
 
 @dataclass
