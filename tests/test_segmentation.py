@@ -288,3 +288,23 @@ def test_amn_chain_trains_the_final_network_on_amns_maps(workdir):
     assert len(list(Path(labels["labels_dir"]).glob("*.png"))) == SYNTH["n_train"] + SYNTH["n_aug_extra"]
     assert stage_summary(trial, "seg_eval")["final_miou"] is not None
     assert Path(trial.stage("amn_pseudo_labels").dir).parent.name == "pseudo_labels"  # stored as the CAM chain's
+
+
+def test_test_time_crf_defaults_are_kazuto1011s_and_clean_a_noisy_map():
+    from wsss_core.evaluation.crf import CrfParams
+    from wsss_core.training.segmentation import crf_refine
+
+    params = load_run_config(None, []).final.test_crf_params
+    assert params == {"gaussian_sxy": 1.0, "gaussian_compat": 3.0, "bilateral_sxy": 67.0, "bilateral_srgb": 3.0,
+                      "bilateral_compat": 4.0, "iterations": 10}
+    image = np.zeros((24, 24, 3), np.uint8)
+    image[:, 12:] = 255  # object on the right half
+    clean = np.zeros((24, 24), np.uint8)
+    clean[:, 12:] = 1
+    noisy = clean.copy()
+    flip = np.random.default_rng(0).random((24, 24)) < 0.1
+    noisy[flip] = 1 - noisy[flip]
+    probs = np.where(np.arange(2)[:, None, None] == noisy[None], 0.7, 0.3).astype(np.float32)
+    refined = crf_refine(image, probs, CrfParams(**params))
+    assert (probs.argmax(0) != clean).sum() == flip.sum() > 0
+    np.testing.assert_array_equal(refined, clean)
