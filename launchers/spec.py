@@ -107,6 +107,16 @@ class SyntheticData:
     size: int = 128
     num_classes: int = 6
 
+    def validate(self, where: str) -> None:
+        for name, least in (("n_train", 1), ("n_val", 1), ("n_aug_extra", 0), ("size", 8), ("num_classes", 1),
+                            ("seed", 0)):
+            if getattr(self, name) < least:
+                raise ConfigError(f"{where}.{name}: must be at least {least}, got {getattr(self, name)}")
+
+    def split_size(self, split: str) -> int | None:
+        """Images in a split of the generated data (``wsss_core.data.synth``); None for another split name."""
+        return {"train": self.n_train, "train_aug": self.n_train + self.n_aug_extra, "val": self.n_val}.get(split)
+
 
 @dataclass
 class Fault:
@@ -348,13 +358,79 @@ def describe(combo: dict[str, AxisValue]) -> str:
 def validate_trials(spec: SweepSpec) -> list[tuple[dict[str, AxisValue], RunConfig, Resources]]:
     """Expand and validate every trial; a bad combination is named by its axis values."""
     out = []
+    datasets: dict[tuple[str, str, str], int | str] = {}
     for combo in combinations(spec):
         data, resources = trial_config(spec, combo)
         where = f"{spec.path}: trial {describe(combo)}" if combo else spec.path
         cfg = run_config_from_dict(data, where)
         res = from_dict(Resources, resources, f"{where}: resources")
+        check_trial_values(spec, cfg, res, where, datasets)
         out.append((combo, cfg, res))
     return out
+
+
+def check_trial_values(spec: SweepSpec, cfg: RunConfig, res: Resources, where: str,
+                       datasets: dict[tuple[str, str, str], int | str]) -> None:
+    """What the trial itself would reject only after work started: a negative seed, a non-finite number, a
+    global batch larger than the training split, a dataset root or split file missing (checked where this
+    host can read it; ``datasets`` caches what was read, per (dataset, root, split))."""
+    import math
+
+    from wsss_core.config import flatten
+
+    if cfg.train.seed < 0 or cfg.train.seed >= 2**32:
+        raise ConfigError(f"{where}: train.seed: must be in 0..2**32-1 (it seeds torch and NumPy), got "
+                          f"{cfg.train.seed}")
+    for key, value in flatten(to_dict(cfg)).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{where}: {key}: must be a finite number, got {value}")
+    batch = cfg.train.batch_size * res.world_size
+    splits = [("data.train_split", cfg.data.train_split), ("cams.split", cfg.cams.split)]
+    for key, split in splits:
+        if spec.synthetic_data is not None:
+            size: int | str | None = spec.synthetic_data.split_size(split)
+            if size is None:
+                raise ConfigError(f"{where}: {key}: {split!r} is not a split of the generated synthetic data; valid "
+                                  "choices: train, train_aug, val")
+        else:
+            size = _dataset_size(cfg.data.dataset, cfg.data.root, split, where, key, datasets,
+                                 local=spec.launcher.default == "local")
+        if key == "data.train_split" and isinstance(size, int) and batch > size:
+            raise ConfigError(f"{where}: train.batch_size: {cfg.train.batch_size} × {res.world_size} process(es) = "
+                              f"{batch} images per step, but split {split!r} has only {size}; valid: batch_size × processes "
+                              f"at most {size}")
+
+
+_NOTED_ROOTS: set[str] = set()  # roots this process already said it cannot read
+
+
+def _dataset_size(dataset: str, root: str, split: str, where: str, key: str,
+                  cache: dict[tuple[str, str, str], int | str], local: bool = True) -> int | str:
+    """Images in a split, read the way the trial reads it (its errors, e.g. a missing split file, raised here);
+    'unreadable' when this host cannot see the root and the sweep runs elsewhere (launcher.default ray or
+    slurm: the root may exist on the cluster's nodes only; said once on stderr)."""
+    import sys
+
+    from wsss_core.data import build_dataset
+    from wsss_core.errors import DataError
+
+    ident = (dataset, str(Path(root).expanduser()), split)
+    if ident not in cache:
+        if not Path(ident[1]).exists():
+            cache[ident] = "unreadable"
+            if not local:
+                if ident[1] not in _NOTED_ROOTS:
+                    _NOTED_ROOTS.add(ident[1])
+                        print(f"note: {where}: data.root {root} is not readable on this host; the dataset is checked "
+                          "on the cluster's nodes only", file=sys.stderr)
+                return cache[ident]
+            raise ConfigError(f"{where}: data.root: {root} does not exist on this host; give the dataset's root "
+                              f"(a {dataset} layout), or generate one (`synthetic_data:` in the sweep file)")
+        try:
+            cache[ident] = len(build_dataset(dataset, ident[1], split))
+        except DataError as exc:
+            raise ConfigError(f"{where}: {key}: {split!r}: {exc}") from None
+    return cache[ident]
 
 
 def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> SweepSpec:

@@ -9,7 +9,7 @@ import pytest
 from launchers.plan import plan_sweep
 from launchers.spec import check_local_resources, check_slurm_resources, load_sweep, threshold_grid
 from launchers.submit import SubmitOptions, run_sweep
-from sweep_files import tiny_sweep, write_sweep
+from sweep_files import TINY_DATA, tiny_sweep, write_sweep
 from wsss_core.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -102,7 +102,10 @@ def test_unknown_fault_stage(tmp_path):
 
 
 def test_local_resources_beyond_the_machine(tmp_path):
-    spec = load_sweep(write_sweep(tmp_path / "big.yaml", tiny_sweep(resources={"procs_per_node": 512})))
+    # data enough for a global batch of 512 × 4 (else plan rejects the batch first, naming the split's size)
+    big_data = {**TINY_DATA, "n_aug_extra": 2048}
+    spec = load_sweep(write_sweep(tmp_path / "big.yaml", tiny_sweep(resources={"procs_per_node": 512},
+                                                                  synthetic_data=big_data)))
     workdir = tmp_path / "work"
     with pytest.raises(ConfigError) as info:
         run_sweep(spec, workdir, SubmitOptions(launcher="local", tracking=False))
@@ -115,7 +118,8 @@ def test_local_resources_beyond_the_machine(tmp_path):
 
 def test_slurm_resources_no_node_satisfies(tmp_path):
     spec = load_sweep(write_sweep(tmp_path / "s.yaml", tiny_sweep(resources={"gpus_per_node": 8},
-                                                                  launcher={"slurm": {"partition": "gpu"}})))
+                                                                  launcher={"slurm": {"partition": "gpu"}},
+                                                                  synthetic_data={**TINY_DATA, "n_aug_extra": 32})))
     nodes = [{"name": "n1", "partition": "gpu", "cpus": 32, "mem_gb": 256, "gpus": 4}]
     with pytest.raises(ConfigError, match="no node of partition gpu"):
         check_slurm_resources(spec, [spec.resources], nodes)

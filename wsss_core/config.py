@@ -27,7 +27,32 @@ T = TypeVar("T")
 
 class _YamlLoader(yaml.SafeLoader):
     """SafeLoader that reads ``1e-4`` as a float: PyYAML follows YAML 1.1, where a float needs a dot
-    (``1.0e-4``), and configs are full of learning rates and weight decays written the short way."""
+    (``1.0e-4``), and configs are full of learning rates and weight decays written the short way.
+    A key given twice in one mapping is an error (PyYAML would silently keep the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            first: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    if key in first:
+                        raise DuplicateKeyError(key, key_node.start_mark.line + 1, first[key] + 1)
+                    first[key] = key_node.start_mark.line
+                except TypeError:  # an unhashable key: the base class reports it
+                    continue
+        return super().construct_mapping(node, deep)
+
+
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping key given twice (lines are 1-based)."""
+
+    def __init__(self, key: Any, line: int, first_line: int):
+        super().__init__(f"line {line}: duplicate key {key!r} (first given on line {first_line}); keys of a mapping "
+                         "must be unique (the last one would silently win)")
+        self.key, self.line, self.first_line = key, line, first_line
 
 
 _YamlLoader.add_implicit_resolver(
@@ -206,8 +231,17 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
+    raw = path.read_bytes()
     try:
-        data = yaml_load(path.read_text())
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: line {line}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); "
+                          "save the file as UTF-8") from None
+    try:
+        data = yaml_load(text)
+    except DuplicateKeyError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if data is None:

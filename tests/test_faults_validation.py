@@ -1,0 +1,84 @@
+"""Fault suite, validation before anything is submitted: every value a trial would reject only after work
+started is rejected by `wsss sweep plan` (and `run`, before the work dir is written) with one message naming
+the file, the key, the value and what is valid; duplicate YAML keys and non-UTF-8 sweep files too."""
+
+from __future__ import annotations
+
+import pytest
+
+from sweep_files import tiny_sweep, write_sweep
+from wsss.cli import main
+
+
+def _plan(path, capsys, *sets):
+    argv = ["sweep", "plan", str(path), "--workdir", str(path.parent / "work")]
+    for item in sets:
+        argv += ["--set", item]
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return code, err
+
+
+CASES = [
+    ("axes.seed=[0,-1]", ["seed=-1", "train.seed", "must be in 0..2**32-1", "got -1"]),
+    ("base.optim.lr=.nan", ["optim.lr", "must be a finite number, got nan"]),
+    ("base.optim.lr=.inf", ["optim.lr", "must be a finite number, got inf"]),
+    ("synthetic_data.n_train=0", ["synthetic_data.n_train", "must be at least 1, got 0"]),
+    ("synthetic_data.num_classes=-1", ["synthetic_data.num_classes", "must be at least 1, got -1"]),
+    ("base.train.batch_size=64", ["train.batch_size", "64 × 1 process(es)", "'train_aug' has only 16",
+                                  "at most 16"]),
+    ("base.cams.split=test", ["cams.split", "'test' is not a split", "train, train_aug, val"]),
+]
+
+
+@pytest.mark.parametrize("setting,expected", CASES, ids=[c[0] for c in CASES])
+def test_plan_rejects_what_a_trial_would(tmp_path, capsys, setting, expected):
+    path = write_sweep(tmp_path / "s.yaml", tiny_sweep("v"))
+    code, err = _plan(path, capsys, setting)
+    assert code == 2 and str(path) in err, err
+    for text in expected:
+        assert text in err, (text, err)
+    assert len(err.strip().splitlines()) == 1  # one message
+
+
+def test_run_rejects_before_anything_is_written(tmp_path, capsys):
+    path = write_sweep(tmp_path / "s.yaml", tiny_sweep("v"))
+    assert main(["sweep", "run", str(path), "--workdir", str(tmp_path / "work"), "--set", "axes.seed=[-3]"]) == 2
+    assert "train.seed" in capsys.readouterr().err
+    assert not (tmp_path / "work").exists()
+
+
+def test_dataset_root_and_split_files_are_checked_where_readable(tmp_path, capsys):
+    sweep = tiny_sweep("v")
+    del sweep["synthetic_data"]
+    root = tmp_path / "voc"
+    sweep["base"]["data"]["root"] = str(root)
+    path = write_sweep(tmp_path / "s.yaml", sweep)
+    code, err = _plan(path, capsys)
+    assert code == 2 and f"data.root: {root} does not exist on this host" in err
+    (root / "ImageSets" / "Segmentation").mkdir(parents=True)
+    (root / "ImageSets" / "Segmentation" / "train.txt").write_text("a\nb\n")
+    code, err = _plan(path, capsys)
+    assert code == 2 and "data.train_split: 'train_aug'" in err and "train_aug.txt: split file not found" in err
+    assert "splits available: train" in err
+    (root / "ImageSets" / "Segmentation" / "train_aug.txt").write_text("")
+    code, err = _plan(path, capsys)
+    assert code == 2 and "train_aug.txt: split file lists no image ids" in err
+    # A sweep that runs on a cluster: a root this host cannot read is noted, not refused.
+    sweep["base"]["data"]["root"] = str(tmp_path / "only-on-the-cluster")
+    sweep["launcher"] = {"default": "slurm"}
+    path = write_sweep(tmp_path / "cluster.yaml", sweep)
+    code, err = _plan(path, capsys)
+    assert code == 0 and "is not readable on this host" in err
+
+
+def test_duplicate_keys_and_non_utf8_files_give_one_message(tmp_path, capsys):
+    path = tmp_path / "s.yaml"
+    path.write_text("name: v\naxes:\n  baseline: [cam]\n  seed: [0]\n  addons: {none: []}\n  seed: [5]\n")
+    code, err = _plan(path, capsys)
+    assert code == 2 and f"{path}: line 6: duplicate key 'seed' (first given on line 4)" in err, err
+
+    path.write_bytes(b"name: v\n# caf\xe9\n")
+    code, err = _plan(path, capsys)
+    assert code == 2 and f"{path}: line 2: not UTF-8 text (byte 0xe9" in err
