@@ -421,7 +421,7 @@ def _dataset_size(dataset: str, root: str, split: str, where: str, key: str,
             if not local:
                 if ident[1] not in _NOTED_ROOTS:
                     _NOTED_ROOTS.add(ident[1])
-                        print(f"note: {where}: data.root {root} is not readable on this host; the dataset is checked "
+                    print(f"note: {where}: data.root {root} is not readable on this host; the dataset is checked "
                           "on the cluster's nodes only", file=sys.stderr)
                 return cache[ident]
             raise ConfigError(f"{where}: data.root: {root} does not exist on this host; give the dataset's root "
