@@ -26,12 +26,13 @@ SIGMA = FeatureSimilarityParams().sigma
 
 
 def peak_bytes(fn) -> int:
-    """Peak of allocated-minus-freed CPU memory during ``fn`` (profiler memory events)."""
+    """Peak of allocated-minus-freed CPU memory during ``fn`` (profiler memory events; each event's own
+    allocations only, since the inclusive figure counts a nested op's allocation in its parent too)."""
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     current = peak = 0
     for event in sorted(prof.events(), key=lambda e: e.time_range.start):
-        current += event.cpu_memory_usage
+        current += event.self_cpu_memory_usage
         peak = max(peak, current)
     return peak
 
@@ -59,9 +60,10 @@ def loss_and_grad(params: FeatureSimilarityParams, logits, label, image) -> tupl
     return loss.item(), z.grad
 
 
-def all_pairs_gb(n: int, grid: int) -> float:
-    # ~8 live N × (hw)² float32 tensors (kernel, d_y, d_x, ψ, their products and grads)
-    return 8 * n * (grid * grid) ** 2 * 4 / 2 ** 30
+def all_pairs_gb(n: int, classes: int, grid: int) -> float:
+    # the pairwise differences of C+1 target channels plus ~8 more N × (hw)² float32 tensors (measured:
+    # 1.0 GiB at N 2, C 4, 56 × 56)
+    return n * (grid * grid) ** 2 * (classes + 1 + 8) * 4 / 2 ** 30
 
 
 def main() -> None:
@@ -82,15 +84,15 @@ def main() -> None:
     for grid in args.grids:
         data = inputs(args.batch, args.classes, grid, seed=grid)
         default = FeatureSimilarityParams()
-        print(f"{grid}x{grid:<4} default: form auto = {choose_form(grid, grid, default.radius())}, "
+        print(f"{grid}x{grid:<4} default: form auto = {choose_form(grid, grid, args.classes + 1, default.radius())}, "
               f"truncate {default.truncate:g}σ")
         exact = FeatureSimilarityParams(form="blocked", truncate=None)
         reference = {name: loss_and_grad(exact, *tensors) for name, tensors in data.items()}
         variants = []
-        if all_pairs_gb(args.batch, grid) <= args.max_all_pairs_gb:
+        if all_pairs_gb(args.batch, args.classes, grid) <= args.max_all_pairs_gb:
             variants.append(FeatureSimilarityParams(form="all_pairs", truncate=None))
         else:
-            print(f"{grid}x{grid:<4} all_pairs   skipped: needs ~{all_pairs_gb(args.batch, grid):.0f} GiB "
+            print(f"{grid}x{grid:<4} all_pairs   skipped: needs ~{all_pairs_gb(args.batch, args.classes, grid):.0f} GiB "
                   f"(> --max-all-pairs-gb {args.max_all_pairs_gb:g})")
         variants.append(exact)
         for form in ("blocked", "windowed"):

@@ -157,15 +157,16 @@ def loss_and_grad(logits, label, image, params):
     return loss.item(), z.grad
 
 
-@pytest.mark.parametrize("kind", ["iid", "smooth"])
-def test_default_agrees_with_untruncated_loss_on_seam_grid(kind):
-    """56 × 56 (SEAM's CAM grid of a 448 crop), N = 2, C = 4: the default within 1e-3 in value and gradient."""
+@pytest.mark.parametrize("kind, classes", [("iid", 4), ("smooth", 4), ("iid", 20)])
+def test_default_agrees_with_untruncated_loss_on_seam_grid(kind, classes):
+    """56 × 56 (SEAM's CAM grid of a 448 crop), N = 2: the default within 1e-3 in value and gradient
+    (auto: windowed for 4 classes, blocked for 20)."""
     gen = torch.Generator().manual_seed(11)
     if kind == "iid":
-        logits = 3 * torch.randn(2, 4, 56, 56, generator=gen)
+        logits = 3 * torch.randn(2, classes, 56, 56, generator=gen)
     else:  # CAM-like blobs: far pairs differ more than near ones, which weighs the dropped tail more
-        logits = F.interpolate(3 * torch.randn(2, 4, 7, 7, generator=gen), size=(56, 56), mode="bilinear")
-    label = torch.tensor([[1.0, 0, 1, 1], [0, 1, 0, 1]])
+        logits = F.interpolate(3 * torch.randn(2, classes, 7, 7, generator=gen), size=(56, 56), mode="bilinear")
+    label = (torch.arange(classes) % torch.tensor([[2], [3]]) == 0).float()  # classes 0, 2, … / 0, 3, …
     image = noisy_image(2, 448, gen)
     value, grad = loss_and_grad(logits, label, image, FeatureSimilarityParams())
     exact_value, exact_grad = loss_and_grad(logits, label, image, FeatureSimilarityParams(form="blocked",
@@ -206,9 +207,12 @@ def test_blocked_form_is_the_same_whatever_the_block_size():
     assert values == pytest.approx([values[-1]] * 3, rel=1e-6)
 
 
-def test_auto_form_takes_blocks_on_small_grids_and_offsets_on_large_ones():
-    assert [choose_form(g, g, 25.0) for g in (16, 32, 44, 45, 56, 128)] == ["blocked"] * 3 + ["windowed"] * 3
-    assert choose_form(128, 128, None) == "blocked"  # untruncated: every offset, so blocks
+def test_auto_form_takes_blocks_on_small_grids_or_many_classes_and_offsets_on_large_grids():
+    assert choose_form(32, 32, 5, 25.0) == "blocked"
+    assert choose_form(56, 56, 5, 25.0) == "windowed"  # 4 classes + background
+    assert choose_form(56, 56, 21, 25.0) == "blocked"  # VOC
+    assert choose_form(128, 128, 21, 25.0) == "windowed"
+    assert choose_form(128, 128, 5, None) == "blocked"  # untruncated: every offset, so blocks
     params = FeatureSimilarityParams()
     assert params.form == "auto" and params.radius() == 25.0
 

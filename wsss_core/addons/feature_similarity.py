@@ -23,7 +23,8 @@ Truncation and forms (the cost, not the loss, is what differs between forms):
   blocks once, matrix products for W·y), skipping row blocks beyond the radius.
 - ``windowed``: one pass per grid offset (a, b) within the radius (shifted differences), half of them by
   symmetry; its cost grows with h·w·radius², so it wins on grids much wider than the radius.
-- ``auto`` (default): :func:`choose_form` takes ``blocked`` on small grids, ``windowed`` on large ones.
+- ``auto`` (default): :func:`choose_form` picks the cheaper of the two by a cost model: ``blocked`` on small
+  grids and for many classes (VOC's 21 channels on 56 × 56), ``windowed`` on large grids.
 - ``all_pairs``: the formula materialised with autograd, O((h·w)²) memory; the reference for tests.
 ``blocked`` and ``windowed`` need O(N·C·h·w) memory (plus one block) and get the gradient in closed form:
 with W_ij = k_ij ψ_ij (symmetric, no gradient) the loss is quadratic in y, ∂L/∂y_i = −(2/(N·h·w))
@@ -228,10 +229,18 @@ def fsl_blocked(y: torch.Tensor, rgb: torch.Tensor, mu: float, sigma: float, rad
 FORMS = {"blocked": fsl_blocked, "windowed": fsl_windowed, "all_pairs": fsl_all_pairs}
 
 
-def choose_form(h: int, w: int, radius: float | None) -> str:
-    """``auto``: per cell, ``blocked`` visits h·w/2 partners and ``windowed`` one per offset; a blocked visit
-    cost 0.4–3× a windowed one in bench/feature_similarity.py, so take blocks while h·w ≤ 2·offsets."""
-    return "blocked" if h * w <= 2 * len(window_offsets(radius, h, w)) else "windowed"
+def choose_form(h: int, w: int, channels: int, radius: float | None) -> str:
+    """``auto``: the cheaper form for this grid and number of target channels (C+1), by a cost model
+    fitted to bench/feature_similarity.py (within about 2× either way; both forms give the same sum).
+
+    Per cell, ``windowed`` visits one partner per offset at about 12 + 2·channels passes; ``blocked``
+    visits its row band's w·min(h, 2·radius + 1)/2 partners at about 18 passes each (memory-bound blocks,
+    but W·y is a matrix product, so channels cost it little).
+    """
+    band = h if radius is None else min(h, 2 * int(radius) + 1)
+    blocked = 18 * w * band / 2
+    windowed = len(window_offsets(radius, h, w)) * (12 + 2 * channels)
+    return "blocked" if blocked <= windowed else "windowed"
 
 
 def resize_to_grid(rgb: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -247,7 +256,7 @@ def feature_similarity_loss(logits: torch.Tensor, label: torch.Tensor, rgb: torc
     y = targets(logits, label)
     h, w = logits.shape[-2:]
     x = resize_to_grid(rgb, (h, w))
-    form = choose_form(h, w, params.radius()) if params.form == "auto" else params.form
+    form = choose_form(h, w, y.shape[1], params.radius()) if params.form == "auto" else params.form
     return FORMS[form](y, x, params.mu, params.sigma, params.radius(), params.eps)
 
 
