@@ -42,14 +42,22 @@ export RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0
 
 say() { echo "[ray] $*"; }
 
-# Every process of this cluster (GCS, raylet, workers, agents) inherits this marker from `ray start`;
-# `ray stop` would instead kill every Ray cluster on the machine, other users' ones included.
+# The processes of this cluster inherit this marker from `ray start` (GCS, raylet, monitors, workers), except
+# the agents the raylet starts with an environment of its own (ray::DashboardAgent, ray::RuntimeEnvAgent):
+# those are known by their Ray process title and a file open under $DIR (their logs). Orphaned when the raylet
+# dies, they used to outlive `stop`. `ray stop` would instead kill every Ray cluster on the machine, other
+# users' ones included.
 cluster_pids() {
   local p
   for p in /proc/[0-9]*; do
     [ "${p#/proc/}" = "$$" ] && continue
     grep -q '^[0-9]* (.*) Z' "$p/stat" 2>/dev/null && continue   # a zombie: already dead
-    { tr '\0' '\n' <"$p/environ"; } 2>/dev/null | grep -qxF "WSSS_RAY_CLUSTER_DIR=$DIR" && echo "${p#/proc/}"
+    if { tr '\0' '\n' <"$p/environ"; } 2>/dev/null | grep -qxF "WSSS_RAY_CLUSTER_DIR=$DIR"; then
+      echo "${p#/proc/}"
+    elif head -c 5 "$p/cmdline" 2>/dev/null | grep -qxF 'ray::' \
+        && find "$p/fd" -maxdepth 1 -lname "$DIR/*" 2>/dev/null | grep -q .; then
+      echo "${p#/proc/}"
+    fi
   done
   return 0
 }
