@@ -36,7 +36,8 @@ class SweepPlan:
     def trial_states(self) -> dict[str, dict[str, tuple[str, str | None]]]:
         """Per trial id, per stage: (state, why a stage that was finished is recomputed, or None), from the stage
         store (``wsss_core.pipeline.integrity``)."""
-        return {t.trial_id: integrity.trial_stage_states(t) for t in self.trials}
+        checked: dict[str, str | None] = {}
+        return {t.trial_id: integrity.trial_stage_states(t, checked=checked) for t in self.trials}
 
     def stage_status(self, trial_states: dict[str, dict[str, tuple[str, str | None]]] | None = None
                      ) -> dict[str, dict[str, int]]:

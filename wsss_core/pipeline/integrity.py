@@ -122,10 +122,13 @@ def input_problem(trial: "TrialSpec", stage: "StageSpec", states: dict[str, tupl
     return None
 
 
-def trial_stage_states(trial: "TrialSpec", record: dict[str, Any] | None = None) -> dict[str, tuple[str, str | None]]:
+def trial_stage_states(trial: "TrialSpec", record: dict[str, Any] | None = None,
+                       checked: dict[str, str | None] | None = None) -> dict[str, tuple[str, str | None]]:
     """Per stage of ``trial``, in chain order: (state, why it is to be recomputed or None). ``record``: the
     trial's record as it was (read from disk when None); a stage it says finished whose folder or record is
-    gone is to be recomputed."""
+    gone is to be recomputed. ``checked``: stage dir -> :func:`stage_problem`, shared by the trials of a plan
+    (a stage shared by many trials is walked once)."""
+    checked = {} if checked is None else checked
     if record is None:
         record = layout.read_trial(trial.record_path)
     recorded = record.get("stages") if isinstance(record, dict) else None
@@ -136,7 +139,9 @@ def trial_stage_states(trial: "TrialSpec", record: dict[str, Any] | None = None)
         was = recorded.get(stage.name)
         was_finished = isinstance(was, dict) and was.get("state") == "finished"
         state = layout.stage_state(sdir)
-        reason = stage_problem(sdir)
+        if stage.dir not in checked:
+            checked[stage.dir] = stage_problem(sdir)
+        reason = checked[stage.dir]
         if reason is None and was_finished and state != "finished":
             if not sdir.is_dir():
                 reason = "its folder is missing"
