@@ -106,7 +106,7 @@ def run_stage(trial: "TrialSpec", stage: "StageSpec", cfg: "RunConfig", env: "Di
         run_id = getattr(sink, "run_id", None)
         if run_id:
             record["tracking_run_id"] = run_id
-        if not error:
+        if not error and env.world_size == 1:
             record["outputs"] = integrity.output_manifest(sdir)  # what a later reuse checks is still there
         _end_sink(sink, error)  # every stage's run ends FINISHED or FAILED, whatever its own code set
         layout.write_stage(sdir, record)
@@ -115,6 +115,10 @@ def run_stage(trial: "TrialSpec", stage: "StageSpec", cfg: "RunConfig", env: "Di
     if error:
         raise TrainingError(f"stage {stage.name}: {error}")
     barrier(env)
+    if env.is_main and env.world_size > 1:  # every rank has written its share: now the outputs are complete
+        record = layout.read_stage(sdir)
+        record["outputs"] = integrity.output_manifest(sdir)
+        layout.write_stage(sdir, record)
     return {"state": "finished", "reused": False, **summary}
 
 
