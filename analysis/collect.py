@@ -112,9 +112,34 @@ def trials_from_records(sweep_name: str, workdir: str | Path, fixed_threshold: f
     if skipped:
         _warn(f"{len(skipped)} trial(s) without an evaluation left out: {', '.join(skipped[:5])}"
               f"{' ...' if len(skipped) > 5 else ''}")
+    missing = combinations_without_record(layout.sweep_dir(Path(workdir), sweep_name) / "sweep.json", paths)
+    if missing:
+        _warn(f"{len(missing)} combination(s) of the sweep's axes have no trial record (deleted, or never "
+              f"submitted), left out: {'; '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
     if not rows:
         raise ReportError(f"{folder}: none of the {len(paths)} trials has an eval.json yet")
     return _frame(rows)
+
+
+def combinations_without_record(sweep_json: Path, record_paths: list[Path]) -> list[str]:
+    """The axis combinations of the submitted sweep (its sweep.json) that no trial record holds."""
+    import itertools
+
+    try:
+        axes = json.loads(sweep_json.read_text()).get("axes")
+    except (OSError, ValueError, AttributeError):
+        return []
+    if not isinstance(axes, dict) or not axes:
+        return []
+    seen = set()
+    for path in record_paths:
+        try:
+            record_axes = json.loads(path.read_text()).get("axes") or {}
+        except (OSError, ValueError, AttributeError):
+            continue
+        seen.add(tuple(str(record_axes.get(name)) for name in axes))
+    combos = itertools.product(*[[str(v) for v in values] for values in axes.values()])
+    return [" ".join(f"{name}={value}" for name, value in zip(axes, combo)) for combo in combos if combo not in seen]
 
 
 def _identity(record: dict) -> dict[str, Any]:

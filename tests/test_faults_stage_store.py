@@ -107,3 +107,13 @@ def test_deleted_or_damaged_stages_are_recomputed_and_named(tmp_path, capsys):
     captured = capsys.readouterr()
     assert f"trial record {record0} is damaged" in captured.err and "2 finished (ran 0, reused 2)" in captured.out
     assert _records(workdir)[0]["eval_json"] == after[0]["eval_json"]
+
+    # A trial record deleted: report names the combination it leaves out (it never averages over fewer seeds
+    # silently); run rebuilds the record from the stage store.
+    record0.unlink()
+    assert main(["report", SWEEP, "--workdir", str(workdir), "--out", str(tmp_path / "r5")]) == 0
+    captured = capsys.readouterr()
+    assert "1 trials" in captured.out and "have no trial record" in captured.err
+    assert "baseline=cam addons=none seed=0" in captured.err
+    assert main(run) == 0
+    assert "2 finished (ran 0, reused 2)" in capsys.readouterr().out
