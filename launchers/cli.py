@@ -19,6 +19,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         "(default: $WSSS_WORKDIR or ./runs)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a sweep file value, e.g. --set base.train.max_steps=5 (repeatable)")
+    parser.add_argument("--allow-large", action="store_true",
+                        help="accept a grid of more than 10,000 trials (refused by default: a typo in an axis)")
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
@@ -59,7 +61,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from .spec import load_sweep
     from .backend import get_backend
 
-    spec = load_sweep(args.file, args.overrides)
+    spec = load_sweep(args.file, args.overrides, allow_large=args.allow_large)
     plan = plan_sweep(spec, args.workdir)
     if args.launcher:
         get_backend(args.launcher).check_resources(spec, plan, None)
@@ -81,7 +83,7 @@ def run_and_summarise(args: argparse.Namespace, file: str) -> tuple[Any, Any]:
     from .records import format_status
     from .submit import run_sweep, summary_line
 
-    spec = load_sweep(file, args.overrides)
+    spec = load_sweep(file, args.overrides, allow_large=getattr(args, "allow_large", False))
     outcome = run_sweep(spec, args.workdir, options_from_args(args, spec.launcher.default))
     print(summary_line(outcome))
     if outcome.failed:
@@ -101,7 +103,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from .records import format_status
     from .spec import load_sweep
 
-    spec = load_sweep(args.file, args.overrides)
+    spec = load_sweep(args.file, args.overrides, allow_large=args.allow_large)
     plan = plan_sweep(spec, args.workdir)
     records = []
     for trial in plan.trials:

@@ -24,6 +24,8 @@ from wsss_core.pipeline import find_stage
 from wsss_core.training.config import AddonConfig, RunConfig, run_config_from_dict
 
 LAUNCHERS = ("local", "ray", "slurm")
+MAX_TRIALS = 10_000  # a larger grid needs --allow-large (planning alone then takes minutes)
+PROGRESS_FROM = 500  # grids from this many trials show validation progress on stderr
 # Axes with a meaning of their own; every other axis is a dotted RunConfig (or resources.*) key.
 NAMED_AXES = ("baseline", "addons", "seed", "thresholds")
 # Dotted keys that a named axis owns (using them directly would bypass its labels).
@@ -357,9 +359,15 @@ def describe(combo: dict[str, AxisValue]) -> str:
 
 def validate_trials(spec: SweepSpec) -> list[tuple[dict[str, AxisValue], RunConfig, Resources]]:
     """Expand and validate every trial; a bad combination is named by its axis values."""
+    import sys
+
     out = []
     datasets: dict[tuple[str, str, str], int | str] = {}
-    for combo in combinations(spec):
+    combos = combinations(spec)
+    step = max(1, len(combos) // 10)
+    for i, combo in enumerate(combos):
+        if len(combos) >= PROGRESS_FROM and i % step == 0:
+            print(f"[sweep] {spec.path}: validating trial {i + 1}/{len(combos)}", file=sys.stderr, flush=True)
         data, resources = trial_config(spec, combo)
         where = f"{spec.path}: trial {describe(combo)}" if combo else spec.path
         cfg = run_config_from_dict(data, where)
@@ -433,8 +441,9 @@ def _dataset_size(dataset: str, root: str, split: str, where: str, key: str,
     return cache[ident]
 
 
-def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> SweepSpec:
-    """Read, expand and validate a sweep file; raises one ConfigError naming the file and the key."""
+def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = (), allow_large: bool = False) -> SweepSpec:
+    """Read, expand and validate a sweep file; raises one ConfigError naming the file and the key. A grid of
+    more than ``MAX_TRIALS`` trials is refused unless ``allow_large``."""
     path = Path(path)
     raw = apply_overrides(load_yaml(path), list(overrides))
     where = str(path)
@@ -461,6 +470,13 @@ def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
     spec = SweepSpec(name=top.name, path=where, base=base, axes=axes, thresholds=thresholds,
                      resources=top.resources, launcher=top.launcher, synthetic_data=top.synthetic_data,
                      tracking=top.tracking, faults=top.faults)
+    count = 1
+    for axis in axes:
+        count *= len(axis.values)
+    if count > MAX_TRIALS and not allow_large:
+        sizes = " × ".join(f"{a.name} {len(a.values)}" for a in axes)
+        raise ConfigError(f"{where}: axes: {sizes} = {count} trials, more than {MAX_TRIALS}; pass --allow-large "
+                          "to plan or run a grid this large (validating and planning it takes a while)")
     validate_trials(spec)
     return spec
 

@@ -82,3 +82,16 @@ def test_duplicate_keys_and_non_utf8_files_give_one_message(tmp_path, capsys):
     path.write_bytes(b"name: v\n# caf\xe9\n")
     code, err = _plan(path, capsys)
     assert code == 2 and f"{path}: line 2: not UTF-8 text (byte 0xe9" in err
+
+
+def test_large_grids_need_allow_large_and_show_progress(tmp_path, capsys):
+    sweep = tiny_sweep("v", axes={"seed": list(range(200)), "train.max_steps": list(range(1, 61))})
+    path = write_sweep(tmp_path / "big.yaml", sweep)
+    code, err = _plan(path, capsys)
+    assert code == 2 and "seed 200 × train.max_steps 60 = 12000 trials, more than 10000" in err
+    assert "--allow-large" in err
+    sweep["axes"]["train.max_steps"] = [1, 2, 3]  # 600 trials: validated with progress on stderr
+    path = write_sweep(tmp_path / "mid.yaml", sweep)
+    assert main(["sweep", "plan", str(path), "--workdir", str(tmp_path / "work"), "--brief"]) == 0
+    captured = capsys.readouterr()
+    assert "validating trial 1/600" in captured.err and "600 trials" in captured.out
