@@ -95,3 +95,13 @@ def test_large_grids_need_allow_large_and_show_progress(tmp_path, capsys):
     assert main(["sweep", "plan", str(path), "--workdir", str(tmp_path / "work"), "--brief"]) == 0
     captured = capsys.readouterr()
     assert "validating trial 1/600" in captured.err and "600 trials" in captured.out
+
+
+def test_unwritable_work_dir_gives_one_message(tmp_path, capsys):
+    path = write_sweep(tmp_path / "s.yaml", tiny_sweep("v"))
+    not_a_folder = tmp_path / "a-file"
+    not_a_folder.write_text("")
+    assert main(["sweep", "run", str(path), "--workdir", str(not_a_folder / "work"), "--no-tracking"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and f"work dir {not_a_folder / 'work'}: cannot write there" in err
+    assert "--workdir" in err

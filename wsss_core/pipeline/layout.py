@@ -76,7 +76,7 @@ def read_json(path: Path) -> dict[str, Any] | None:
     counts as none: the stage store is checked and the record rebuilt from it)."""
     try:
         value = json.loads(Path(path).read_text())
-    except (FileNotFoundError, IsADirectoryError, UnicodeDecodeError, json.JSONDecodeError):
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, UnicodeDecodeError, json.JSONDecodeError):
         return None
     return value if isinstance(value, dict) else None
 
@@ -105,10 +105,14 @@ def check_workdir(workdir: Path) -> None:
 def prepare_workdir(workdir: Path) -> None:
     """Create the work dir (checked first) and record its layout version."""
     check_workdir(workdir)
-    Path(workdir).mkdir(parents=True, exist_ok=True)
-    if not (Path(workdir) / LAYOUT_FILE).is_file():
-        write_json_atomic(Path(workdir) / LAYOUT_FILE, {"layout_version": LAYOUT_VERSION,
-                                                         "layout": LAYOUT_HISTORY[LAYOUT_VERSION]})
+    try:
+        Path(workdir).mkdir(parents=True, exist_ok=True)
+        if not (Path(workdir) / LAYOUT_FILE).is_file():
+            write_json_atomic(Path(workdir) / LAYOUT_FILE, {"layout_version": LAYOUT_VERSION,
+                                                             "layout": LAYOUT_HISTORY[LAYOUT_VERSION]})
+    except OSError as exc:  # read-only, not a folder, full: before any trial is claimed or started
+        raise ConfigError(f"work dir {workdir}: cannot write there ({type(exc).__name__}: {exc.strerror or exc}); "
+                          "give a writable folder with --workdir (or $WSSS_WORKDIR)") from None
 
 
 # -- locks ----------------------------------------------------------------------------------------------
