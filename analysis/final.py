@@ -108,9 +108,10 @@ def plot_pseudo_vs_final(trials: pd.DataFrame, path: Path, title: str = "") -> P
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
     axes = tables.method_axes(trials)
     done = trials[trials["final_miou"].notna()]
-    for key, group in done.groupby(axes, sort=False, dropna=False):
+    for index, (key, group) in enumerate(done.groupby(axes, sort=False, dropna=False)):
         method = dict(zip(axes, key if isinstance(key, tuple) else (key,)))
-        ax.scatter(100 * group["pseudo_miou"], 100 * group["final_miou"], label=method_label(method, axes), s=30)
+        ax.scatter(100 * group["pseudo_miou"], 100 * group["final_miou"], label=method_label(method, axes), s=30,
+                   marker="os^Dv"[index // 10 % 5])  # the colour cycle repeats after 10 methods
     ax.set_xlabel("pseudo-label mIoU (%), eval split")
     ax.set_ylabel("final val mIoU (%)")
     ax.set_title(title or "pseudo-labels vs final model, one point per trial")
