@@ -128,6 +128,15 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def score_cams(cfg: RunConfig, store: Path, out_dir: Path) -> tuple[dict[str, Any], dict[str, Path]]:
+    """Every threshold of ``store`` scored on ``cfg.cams.split`` with ``cfg.eval``'s settings (grid, protocol,
+    pred_255, workers), written into ``out_dir``: the one evaluation call of `wsss cams` and the pipeline."""
+    result = evaluate_cams(store, cfg.data.root, cfg.cams.split,
+                           thresholds=list(cfg.eval.thresholds) if cfg.eval.thresholds else None,
+                           pred_255=cfg.eval.pred_255, workers=cfg.eval.workers, protocol=cfg.eval.protocol)
+    return result, write_eval_outputs(result, out_dir)
+
+
 def make_cams(cfg: RunConfig, run_dir: str | Path, sink: MetricsSink | None = None,
               weights_dir: str | Path | None = None, evaluate: bool = True) -> dict[str, Any]:
     """Write the CAMs of ``cfg.cams.split`` into ``<run_dir>/cams`` with the model trained in
@@ -143,10 +152,7 @@ def make_cams(cfg: RunConfig, run_dir: str | Path, sink: MetricsSink | None = No
         store_path = write_cams(cfg, run_dir, env, weights_dir)
         summary = {"cam_store": str(store_path)}
         if env.is_main and evaluate:
-            result = evaluate_cams(store_path, cfg.data.root, cfg.cams.split,
-                                   thresholds=list(cfg.eval.thresholds) if cfg.eval.thresholds else None,
-                                   pred_255=cfg.eval.pred_255, workers=cfg.eval.workers)
-            write_eval_outputs(result, run_dir / EVAL_DIR)
+            result, _ = score_cams(cfg, store_path, run_dir / EVAL_DIR)
             summary = {"cam_store": str(store_path), "eval_dir": str(run_dir / EVAL_DIR), **summarise(result)}
         summary = broadcast_object(env, summary)
     except Exception as exc:

@@ -30,13 +30,9 @@ def amn_key_slice(cfg: "RunConfig", extras: dict[str, Any]) -> dict[str, Any]:
 def score_cam_store(cfg: "RunConfig", store: Path, out_dir: Path, sink: Any = None) -> dict[str, Any]:
     """Evaluate ``store`` on ``cfg.cams.split`` with ``cfg.eval``'s settings, write the outputs into
     ``out_dir``, log them to ``sink``; returns the summary scalars and ``eval_json``."""
-    from ...evaluation import evaluate_cams, write_eval_outputs
-    from ...training.cams import summarise
+    from ...training.cams import score_cams, summarise
 
-    result = evaluate_cams(store, cfg.data.root, cfg.cams.split,
-                           thresholds=list(cfg.eval.thresholds) if cfg.eval.thresholds else None,
-                           pred_255=cfg.eval.pred_255, workers=cfg.eval.workers, protocol=cfg.eval.protocol)
-    paths = write_eval_outputs(result, out_dir)
+    result, paths = score_cams(cfg, store, out_dir)
     scalars = summarise(result)
     if sink is not None:
         if hasattr(sink, "log_eval"):  # the tracking sink: curve, per-class table, overlays
