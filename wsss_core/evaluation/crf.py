@@ -51,7 +51,7 @@ class CrfParams:
 
 @dataclass
 class RefineConfig:
-    """Settings of ``wsss refine``; defaults are the references' (methods.md)."""
+    """Settings of ``wsss refine``; defaults are the references' (docs/fidelity.md)."""
 
     mode: Literal["confident", "probability"] = "confident"
     fg_threshold: float = 0.30  # confident: AMN's CAM-stage conf_fg_thres

@@ -1,6 +1,6 @@
 """Every background threshold's confusion matrix from one pass over the CAMs.
 
-Reference semantics (methods.md): per pixel m = max over the image's foreground maps and c = the class of
+Reference semantics (docs/fidelity.md): per pixel m = max over the image's foreground maps and c = the class of
 the argmax (lowest class index wins ties); at threshold t the pixel is predicted c if m > float32(t), else
 background. Ground truth 255 is ignored.
 

@@ -134,7 +134,7 @@ class EvalConfig:
 
 @dataclass
 class FinalConfig:
-    """The final segmentation stage (methods.md, "Final segmentation stage"): pseudo-labels from the trial's
+    """The final segmentation stage (docs/fidelity.md, "Final segmentation stage"): pseudo-labels from the trial's
     maps → a DeepLab network trained on them → scored on ``val_split``. Off unless ``enabled``. Defaults are
     demo scale (small backbone, 64 px crops); the paper's DeepLab-v2 setting is spelled out at the top of
     sweeps/ablation_final_demo.yaml."""
@@ -196,7 +196,7 @@ class FinalConfig:
                                                  f"{where}.test_crf_params"))
 
 
-# kazuto1011/deeplab-pytorch's test-time CRF (methods.md): iterations 10, Gaussian sxy 1 weight 3, bilateral
+# kazuto1011/deeplab-pytorch's test-time CRF (docs/fidelity.md): iterations 10, Gaussian sxy 1 weight 3, bilateral
 # sxy 67 srgb 3 weight 4.
 TEST_CRF_DEFAULTS = {"iterations": 10, "gaussian_sxy": 1.0, "gaussian_compat": 3.0, "bilateral_sxy": 67.0,
                      "bilateral_srgb": 3.0, "bilateral_compat": 4.0}
