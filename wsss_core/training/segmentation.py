@@ -1,5 +1,5 @@
 """The final segmentation stage: pseudo-labels from a trial's maps, a DeepLab network trained on them, its
-score on val (methods.md, "Final segmentation stage"; settings ``RunConfig.final``).
+score on val (docs/fidelity.md, "Final segmentation stage"; settings ``RunConfig.final``).
 
 * :func:`make_pseudo_labels`: label PNGs (VOC palette; 0 background, class + 1, 255 ignored) of the
   segmentation training split from a CAM store at a background threshold (a number, or the best of the
