@@ -3,12 +3,12 @@
     .venv/bin/python bench/feature_similarity.py [--grids 24 32 56 128] [--batch 2] [--classes 4]
 
 Per CAM grid, side by side in one run: forward + backward of the loss (binomial targets, σ = 5, μ = 2.5)
-for each form and radius; wall and process-CPU seconds (the least of --repeats runs: other processes only
-ever add time), the CPU allocator's peak (torch profiler), and the relative difference from the untruncated loss in value and in gradient
-(‖Δg‖ / ‖g‖ over the logits) on two inputs: i.i.d. random logits, and smooth CAM-like logits (random
+for each form and truncation (the ``truncate`` setting, in σ); wall and process-CPU seconds (the least of
+--repeats runs: other processes only ever add time), the CPU allocator's peak (torch profiler), and the
+relative difference from the untruncated loss in value and in gradient (‖Δg‖ / ‖g‖ over the logits) on two inputs: i.i.d. random logits, and smooth CAM-like logits (random
 logits on an 8× coarser grid, upsampled) where far pairs differ more than near ones. The image is
 noisy and random: a few random colour regions plus Gaussian noise, at 8× the grid, so the resize to
-the grid is part of the loss. The reference is the blocked form without radius (every pair), checked
+the grid is part of the loss. The reference is the blocked form without truncation (every pair), checked
 against the materialised all-pairs form where that fits in --max-all-pairs-gb.
 """
 
@@ -97,8 +97,6 @@ def main() -> None:
         variants.append(exact)
         for form in ("blocked", "windowed"):
             for k in args.truncate:
-                if form == "blocked" and k * SIGMA >= grid - 1:
-                    continue  # the radius covers every row: the same blocks as without one
                 variants.append(FeatureSimilarityParams(form=form, truncate=k))
         for params in variants:
             walls, cpus = [], []

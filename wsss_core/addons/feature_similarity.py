@@ -16,8 +16,8 @@ What matches HFPL's code (``feature_similarity_loss`` in its tool/probutils.py, 
 Truncation and forms (the cost, not the loss, is what differs between forms):
 - ``truncate`` (default 5): pairs farther apart than truncate·σ cells (25 at σ = 5; a disc) are dropped,
   which drops exp(−truncate²/2) = 3.7e-6 of the kernel's mass. On SEAM's 56 × 56 grid the default is within
-  1e-5 of the untruncated loss in value and gradient (1e-3 is what the tests require); the former square
-  window of radius ceil(3σ) was 1–2.6 % off (bench/RESULTS.md). ``truncate: null`` keeps every pair, HFPL's
+  1e-5 of the untruncated loss in value and gradient (1e-3 is what the tests require); a radius of 3σ,
+  the former one, is 2–3 % off there (bench/RESULTS.md). ``truncate: null`` keeps every pair, HFPL's
   literal sum; nothing is dropped on a grid whose diagonal is within the radius (up to 18 × 18 at the default).
 - ``blocked``: all pairs in blocks of grid rows (``BLOCK_ENTRIES`` pairs at a time, each unordered pair of
   blocks once, matrix products for W·y), skipping row blocks beyond the radius.
