@@ -104,7 +104,7 @@ def weighted_colour_potential(diff_l1: torch.Tensor, kernel: torch.Tensor | floa
     tanh(μ + log((d_x + ε) / (1 − d_x + ε))) = (p² − q²) / (p² + q²) = 1 − 2q² / (p² + q²).
     """
     u = diff_l1.clamp_(0.0, 3.0)
-    q = torch.sub(3.0 + 3.0 * eps, u).square_()
+    q = ((3.0 + 3.0 * eps) - u).square_()
     p = u.mul_(math.exp(mu)).add_(math.exp(mu) * 3.0 * eps).square_().add_(q)  # p² + q²
     return q.div_(p).mul_(-2.0 * kernel).add_(kernel)
 
