@@ -24,7 +24,7 @@ from ..config import from_dict, stable_hash, to_dict
 from ..errors import CamStoreError, ConfigError
 from .cam_store import CamStore
 from .ground_truth import read_image, read_split_ids
-from .parallel import run_sharded
+from .parallel import CountingTask, run_sharded
 
 VOID = 255
 REFINE_META = "refine.json"
@@ -173,7 +173,7 @@ def write_label_png(label: np.ndarray, path: str | Path) -> None:
         raise
 
 
-class _RefineTask:
+class _RefineTask(CountingTask):
     def __init__(self, store: str, data_root: str, out_dir: str, cfg: RefineConfig, overwrite: bool):
         self.store, self.data_root, self.out_dir, self.cfg, self.overwrite = store, data_root, out_dir, cfg, overwrite
         self._opened: CamStore | None = None
@@ -199,16 +199,6 @@ class _RefineTask:
         write_label_png(LABEL_FUNCTIONS[self.cfg.mode](image, keys, cams, self.cfg), out)
         state["written"] += 1
 
-    def run(self, ids: list[str]) -> dict:
-        state = self.new_state()
-        for image_id in ids:
-            self.add(state, image_id)
-        return state
-
-    @staticmethod
-    def merge(total: dict, part: dict) -> None:
-        for key in total:
-            total[key] += part[key]
 
 
 def refine_cams(cam_store_path: str | Path, data_root: str | Path, split: str, out_dir: str | Path,

@@ -15,7 +15,7 @@ import numpy as np
 from ..errors import CamStoreError, ConfigError, DataError
 from .boundary import BoundaryScore
 from .cam_store import CamStore
-from .parallel import run_sharded
+from .parallel import ShardTask, run_sharded
 from .protocols import Protocol, resolve_protocol
 from .ground_truth import num_foreground_classes, read_label_png, read_split_ids
 from .gt_cache import GroundTruth, ground_truth
@@ -128,17 +128,9 @@ def evaluate_label_dir(label_dir: str | Path, data_root: str | Path, split: str,
 
 # -- per-shard work (module level so process pools can pickle it) -----------------------------------
 
-class _Task:
-    """A shard's work: a fresh state, one ``add`` per image (subclasses), mergeable across processes."""
-
-    def run(self, ids: list[str]):
-        state = self.new_state()
-        for image_id in ids:
-            self.add(state, image_id)
-        return state
 
 
-class _CamTask(_Task):
+class _CamTask(ShardTask):
     def __init__(self, store: str, gt: GroundTruth, num_classes: int, thresholds: tuple, boundary_at: tuple,
                  kernel: str, sweep: bool = True):
         self.store, self.gt, self.num_classes, self.kernel = store, gt, num_classes, kernel
@@ -195,7 +187,7 @@ class _CamTask(_Task):
             score.merge(part[1][t])
 
 
-class _LabelTask(_Task):
+class _LabelTask(ShardTask):
     def __init__(self, label_dir: str, gt: GroundTruth, num_classes: int, boundary: bool, kernel: str):
         self.label_dir, self.gt, self.num_classes = label_dir, gt, num_classes
         self.boundary, self.kernel = boundary, kernel

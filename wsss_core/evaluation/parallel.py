@@ -16,6 +16,25 @@ from ..progress import progress
 CHUNK = 32  # images per task when sharded: small enough to balance, large enough to amortise pickling
 
 
+class ShardTask:
+    """A shard's work: a fresh state, one ``add`` per image (subclasses), mergeable across processes."""
+
+    def run(self, ids: list[str]):
+        state = self.new_state()
+        for image_id in ids:
+            self.add(state, image_id)
+        return state
+
+
+class CountingTask(ShardTask):
+    """A task whose state is a dict of counters (images written, skipped, ...), summed across shards."""
+
+    @staticmethod
+    def merge(total: dict, part: dict) -> None:
+        for key in total:
+            total[key] += part[key]
+
+
 def run_sharded(task, ids: list[str], workers: int, desc: str, chunk: int = CHUNK):
     """The merged state of ``task`` over ``ids`` (``chunk`` images per task sent to a worker)."""
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:

@@ -32,6 +32,7 @@ from ..data.loading import build_loader
 from ..data.transforms import Compose, Normalize, RandomCrop, RandomHFlip, RandomScale, normalize_image
 from ..errors import ConfigError, DataError
 from ..evaluation.crf import VOID, CrfParams, RefineConfig, write_label_png
+from ..evaluation.parallel import CountingTask
 from ..progress import progress
 from .config import RunConfig, run_config_from_dict
 from .distributed import barrier, broadcast_object, setup_distributed
@@ -118,7 +119,7 @@ def pseudo_label(image: np.ndarray | None, keys: np.ndarray, cams: np.ndarray, t
     return values[_crf_label_indices(image, cams, threshold, options)]
 
 
-class _LabelTask:
+class _LabelTask(CountingTask):
     """Pseudo-label PNGs of a list of ids (module level, so the evaluation's process pool can pickle it)."""
 
     def __init__(self, store: str, data_root: str, out_dir: str, threshold: float | None, mode: str,
@@ -142,16 +143,6 @@ class _LabelTask:
         write_label_png(pseudo_label(image, keys, cams, self.threshold, self.mode, self.options), out)
         state["written"] += 1
 
-    def run(self, ids: list[str]) -> dict:
-        state = self.new_state()
-        for image_id in ids:
-            self.add(state, image_id)
-        return state
-
-    @staticmethod
-    def merge(total: dict, part: dict) -> None:
-        for key in total:
-            total[key] += part[key]
 
 
 def write_label_set(cfg: RunConfig, store: str | Path, out_dir: str | Path, threshold: float | None) -> dict:
