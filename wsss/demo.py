@@ -82,7 +82,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
     spec, outcome = run_and_summarise(args, args.sweep)
     print()
-    print(f"Ablation: best-threshold mIoU (%), mean ± std over seeds ({spec.name}, "
-          f"{len(spec.thresholds or ())} thresholds per trial)")
+    print(f"Ablation of sweep {spec.name} (pseudo-label mIoU on the synthetic train split, "
+          f"{len(spec.thresholds or ())} thresholds per trial scored in one pass)")
     print(ablation_markdown(spec.name, outcome.plan.workdir, outcome.records))
     return 0 if outcome.ok else 1
