@@ -52,6 +52,8 @@ def build_report(sweep_name: str, workdir: str | Path, source: Source = "records
     n_rows = max(len(ablation.attrs["rows"]), 1)
     n_methods = len(robustness.attrs["methods"])
     paths: dict[str, Path] = {}
+    calibration, protocol_line = calibrate(trials, out)
+    scored = f" Scored with protocol {protocol_line}."
     for name, table, grid, caption, n_text in (
         ("ablation", ablation, tables.ablation_grid(ablation),
          f"{sweep_name}: mIoU (%) at the best and at a fixed background threshold, mean ± std over seeds "
@@ -61,9 +63,8 @@ def build_report(sweep_name: str, workdir: str | Path, source: Source = "records
         ("contour", contour, tables.contour_grid(contour),
          f"{sweep_name}: contour quality (boundary F, %). {tables.CONTOUR_AVERAGING}", n_methods),
     ):
-        for kind, path in tables.write_table(table, grid, out, name, caption, n_text=n_text).items():
+        for kind, path in tables.write_table(table, grid, out, name, caption + scored, n_text=n_text).items():
             paths[f"{name}_{kind}"] = path
-    calibration, protocol_line = calibrate(trials, out)
     if calibration:
         frame = pd.DataFrame(calibration)
         paths.update({f"calibration_{kind}": path for kind, path in tables.write_table(

@@ -123,6 +123,8 @@ def test_wsss_report_cli_reads_the_sweep_name_from_its_file(sweep, tmp_path, cap
         assert any(line.split()[:2] == [baseline, setting] for line in printed.splitlines()), (baseline, setting)
     md = (out / "ablation.md").read_text()
     assert "none (t=0.3)" in md and md.startswith("Evaluation protocol: irn")
+    for name in ("ablation", "robustness", "contour"):  # the LaTeX captions name the protocol too
+        assert "Scored with protocol irn" in (out / f"{name}.tex").read_text(), name
     for text in (printed, md):
         assert "all background" in text and "ground-truth boxes" in text
     assert wsss(["report", "no-such-sweep", "--workdir", str(workdir)]) == 2
