@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 import pandas as pd
 
@@ -36,7 +36,8 @@ def collect_trials(sweep_name: str, workdir: str | Path, source: Source = "recor
 
 
 def build_report(sweep_name: str, workdir: str | Path, source: Source = "records", tracking_uri: str | None = None,
-                 fixed_threshold: float = 0.25, out_dir: str | Path | None = None) -> dict[str, Any]:
+                 fixed_threshold: float = 0.25, out_dir: str | Path | None = None,
+                 trial_ids: Sequence[str] | None = None) -> dict[str, Any]:
     """Write the ablation, robustness and contour tables (``.md``, ``.tex``, ``.csv``) and the plots
     (``threshold_curves.png``, ``addon_delta.png``) into ``out_dir`` (default
     ``<workdir>/sweeps/<sweep>/report``). Returns ``trials``, ``ablation``, ``robustness``, ``contour``
@@ -44,6 +45,8 @@ def build_report(sweep_name: str, workdir: str | Path, source: Source = "records
     if not 0.0 <= fixed_threshold <= 1.0:
         raise ConfigError(f"--fixed-threshold: {fixed_threshold} is outside [0, 1]")
     trials = collect_trials(sweep_name, workdir, source, tracking_uri, fixed_threshold)
+    if trial_ids is not None:
+        trials = only_planned(trials, trial_ids, sweep_name)
     out = Path(out_dir) if out_dir is not None else report_dir(workdir, sweep_name)
     out.mkdir(parents=True, exist_ok=True)
     ablation = tables.ablation_table(trials, fixed_threshold)
@@ -94,6 +97,26 @@ def build_report(sweep_name: str, workdir: str | Path, source: Source = "records
             "calibration": calibration, "protocol": protocol_line, "markdown": format_ablation_markdown(ablation),
             "text": text + (f"\nFinal segmentation network (val):\n{final['text']}" if final else ""),
             "final": final["table"] if final else None, "out_dir": out}
+
+
+def only_planned(trials: pd.DataFrame, trial_ids: Sequence[str], sweep_name: str) -> pd.DataFrame:
+    """The rows of the planned trials (a sweep file's, after overrides); the others are left out and counted,
+    planned trials without a result named."""
+    planned = set(trial_ids)
+    keep = trials["trial_id"].isin(planned)
+    if (~keep).any():
+        _warn(f"{int((~keep).sum())} recorded trial(s) of sweep {sweep_name!r} are not in the sweep file as given "
+              "(an earlier version of it, or other --set values) and are left out")
+    missing = sorted(planned - set(trials["trial_id"]))
+    if missing:
+        _warn(f"{len(missing)} trial(s) of the sweep file have no result yet: {', '.join(missing[:5])}"
+              f"{' ...' if len(missing) > 5 else ''}")
+    if not keep.any():
+        raise ReportError(f"none of the {len(planned)} trials of the sweep file has a result; run it first "
+                          "(wsss sweep run), or pass the sweep name to report every recorded trial")
+    kept = trials[keep].reset_index(drop=True)
+    kept.attrs.update(trials.attrs)
+    return kept
 
 
 def calibrate(trials: pd.DataFrame, out: Path) -> tuple[list[dict], str]:

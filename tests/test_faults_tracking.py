@@ -62,6 +62,18 @@ def test_every_stage_run_ends_and_report_from_mlflow_equals_records(tmp_path, ca
     assert outs["mlflow"] == outs["records"]
     assert (tmp_path / "mlflow" / "ablation.md").read_text() == (tmp_path / "records" / "ablation.md").read_text()
 
+    # the sweep file with --set: exactly the file's trials as overridden (seed 0 only), the other one named
+    assert main(["report", str(path), "--set", "axes.seed=[0]", "--workdir", str(workdir),
+                 "--out", str(tmp_path / "seed0")]) == 0
+    captured = capsys.readouterr()
+    assert "1 trials" in captured.out
+    assert "1 recorded trial(s) of sweep" in captured.err and "left out" in captured.err
+    trials_csv = (tmp_path / "seed0" / "trials.csv").read_text()
+    assert len(trials_csv.strip().splitlines()) == 2  # header + the seed-0 trial
+    # --set with a sweep name (nothing to override) is one clear error
+    assert main(["report", SWEEP, "--set", "axes.seed=[0]", "--workdir", str(workdir)]) == 2
+    assert "--set needs a sweep file" in capsys.readouterr().err
+
 
 CREATE = """
 import sys

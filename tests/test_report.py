@@ -107,12 +107,10 @@ def test_report_from_mlflow_matches_records(sweep, tmp_path):
     assert len(paged) == len(trials)  # three pages
 
 
-def test_wsss_report_cli_reads_the_sweep_name_from_its_file(sweep, tmp_path, capsys):
+def test_wsss_report_cli_by_sweep_name(sweep, tmp_path, capsys):
     workdir, trials = sweep
-    sweep_file = tmp_path / "sweep.yaml"
-    sweep_file.write_text(f"name: {SWEEP}\ngrid:\n  seed: [0, 1, 2]\n")
     out = tmp_path / "cli"
-    assert wsss(["report", str(sweep_file), "--workdir", str(workdir), "--from", "mlflow", "--out", str(out),
+    assert wsss(["report", SWEEP, "--workdir", str(workdir), "--from", "mlflow", "--out", str(out),
                  "--fixed-threshold", "0.3"]) == 0
     printed = capsys.readouterr().out
     assert f"{len(trials)} trials" in printed and "mIoU t=0.3" in printed

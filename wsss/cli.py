@@ -25,7 +25,7 @@ COMMAND_MODULES = (
     "wsss.demo",  # wsss demo
     "launchers.cli",  # wsss sweep plan|run|status
     "wsss_core.tracking.cli",  # wsss ui / wsss sync
-    "analysis.cli",  # wsss report
+    "wsss.report",  # wsss report
 )
 
 
