@@ -78,17 +78,37 @@ def options_from_args(args: argparse.Namespace, default_launcher: str) -> Submit
 
 
 def run_and_summarise(args: argparse.Namespace, file: str) -> tuple[Any, Any]:
-    """Load, run and summarise a sweep (`wsss sweep run`, `wsss demo`); failures go to stderr."""
+    """Load, run and summarise a sweep (`wsss sweep run`, `wsss demo`); failures go to stderr. SIGTERM and
+    SIGHUP stop the submitter like Ctrl-C: its local workers are stopped and their trials recorded as
+    interrupted, so a rerun resumes them from their checkpoints (see :func:`stop_on_signals`)."""
     from .spec import load_sweep
     from .records import format_status
     from .submit import run_sweep, summary_line
 
     spec = load_sweep(file, args.overrides, allow_large=getattr(args, "allow_large", False))
+    stop_on_signals()
     outcome = run_sweep(spec, args.workdir, options_from_args(args, spec.launcher.default))
     print(summary_line(outcome))
     if outcome.failed:
         print(format_status(outcome.records, spec.name), file=sys.stderr)
     return spec, outcome
+
+
+class SubmitterStopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP reached the submitting process (a KeyboardInterrupt, so every cleanup path that
+    handles Ctrl-C handles it: the local launcher stops its workers)."""
+
+
+def stop_on_signals() -> None:
+    """Turn SIGTERM and SIGHUP into :class:`SubmitterStopped` (by default they end Python at once, leaving
+    the local workers running unsupervised)."""
+    import signal
+
+    def stop(signum, frame):  # noqa: ARG001 - the signal handler signature
+        raise SubmitterStopped(f"{signal.Signals(signum).name} received")
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, stop)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -103,6 +103,16 @@ def mark_unrecorded_failure(trial: TrialSpec, error: str) -> None:
             record.update({"state": "failed", "error": error, "finished": layout.now()})
 
 
+def mark_interrupted(trial: TrialSpec, note: str) -> None:
+    """A trial whose workers this submitter stopped (SIGTERM, SIGHUP, Ctrl-C): pending again, with no owner
+    and the note, so the next `wsss sweep run` claims it at once and its stages resume from their checkpoints."""
+    with layout.update_trial(trial.record_path) as record:
+        if refresh_record(trial, record) == "finished":
+            return
+        if record.get("state") in ("pending", "running"):
+            record.update({"state": "pending", "owner": None, "error": note, "interrupted": layout.now()})
+
+
 def wait_for(trials: list[TrialSpec], poll_s: float, stream) -> None:
     """Re-attach: wait while another submitter's (or job's) trials are alive."""
     pending = list(trials)

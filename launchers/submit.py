@@ -9,6 +9,8 @@ stage lock only (:mod:`wsss_core.pipeline.runner`).
 
 from __future__ import annotations
 
+import os
+
 import pickle
 import subprocess
 import sys
@@ -145,9 +147,14 @@ def _run_planned(spec: SweepSpec, plan: SweepPlan, backend: Backend, opts: Submi
     if to_run:
         try:
             errors = backend.launch(spec, plan, to_run, opts, stream)
-        except KeyboardInterrupt:
-            # Not a failure: records whose owner is gone are stale and rerun next time; Slurm jobs keep running
-            # and are re-attached to.
+        except KeyboardInterrupt as exc:
+            # Not a failure. The local launcher has stopped its workers: their trials are recorded as
+            # interrupted and a rerun resumes them. Slurm jobs and Ray trials keep running and are re-attached to.
+            if opts.launcher == "local":
+                why = str(exc) or "Ctrl-C"
+                for trial in to_run:
+                    records.mark_interrupted(trial, f"interrupted ({why} by the submitter, pid {os.getpid()}); "
+                                                    "a rerun resumes it from its last checkpoint")
             raise
         except BaseException as exc:
             for trial in to_run:
