@@ -86,8 +86,11 @@ def run_and_summarise(args: argparse.Namespace, file: str) -> tuple[Any, Any]:
     from .submit import run_sweep, summary_line
 
     spec = load_sweep(file, args.overrides, allow_large=getattr(args, "allow_large", False))
-    stop_on_signals()
-    outcome = run_sweep(spec, args.workdir, options_from_args(args, spec.launcher.default))
+    previous = stop_on_signals()
+    try:
+        outcome = run_sweep(spec, args.workdir, options_from_args(args, spec.launcher.default))
+    finally:
+        restore_signals(previous)
     print(summary_line(outcome))
     if outcome.failed:
         print(format_status(outcome.records, spec.name), file=sys.stderr)
@@ -99,16 +102,22 @@ class SubmitterStopped(KeyboardInterrupt):
     handles Ctrl-C handles it: the local launcher stops its workers)."""
 
 
-def stop_on_signals() -> None:
+def stop_on_signals() -> dict:
     """Turn SIGTERM and SIGHUP into :class:`SubmitterStopped` (by default they end Python at once, leaving
-    the local workers running unsupervised)."""
+    the local workers running unsupervised); returns the previous handlers for :func:`restore_signals`."""
     import signal
 
     def stop(signum, frame):  # noqa: ARG001 - the signal handler signature
         raise SubmitterStopped(f"{signal.Signals(signum).name} received")
 
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, stop)
+    return {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+
+
+def restore_signals(previous: dict) -> None:
+    import signal
+
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -34,7 +34,7 @@ def _worker_pids(spec_dir: Path) -> list[int]:
     return pids
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
 def test_a_signal_to_the_submitter_stops_its_workers_and_a_rerun_resumes(tmp_path, sig):
     sweep = tiny_sweep("sig")
     sweep["base"]["train"].update({"epochs": 100, "max_steps": 400, "checkpoint_every": 25, "log_every": 25})
