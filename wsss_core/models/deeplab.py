@@ -24,52 +24,24 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import build_backbone
-from .frozen import apply_bn_mode, freeze, keep_bn_stats
-from .resnet50 import Bottleneck
+from .resnet50 import ResNet50
 from .weights import load_weights
 
 RESNET_LAYERS = {"resnet50": (3, 4, 6, 3), "resnet101": (3, 4, 23, 3)}
 DEFAULT_ASPP_RATES = {"deeplab_v2": (6, 12, 18, 24), "deeplab_v3plus": (6, 12, 18)}
 
 
-class DilatedResNet(nn.Module):
-    """ResNet-50/101 with per-stage strides and dilations (torchvision names: conv1, bn1, layer1..layer4)."""
+class DilatedResNet(ResNet50):
+    """ResNet-50/101 with per-stage strides (layer1 … layer4; the stem always halves twice) and dilations:
+    the project's ResNet with torchvision names (conv1, bn1, layer1..layer4)."""
 
     def __init__(self, layers: Sequence[int], strides: Sequence[int] = (1, 2, 1, 1),
                  dilations: Sequence[int] = (1, 1, 2, 4), bn: str = "frozen_stats", freeze_stem: bool = True,
                  ceil_pool: bool = False):
-        super().__init__()
-        self.bn_mode = bn
-        self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=ceil_pool)  # kazuto's v2: ceil (513 → 65)
-        in_planes = 64
-        for index, (blocks, planes, stride, dilation) in enumerate(zip(layers, (64, 128, 256, 512), strides,
-                                                                        dilations)):
-            layer = [Bottleneck(in_planes, planes, stride, dilation)]
-            in_planes = planes * Bottleneck.expansion
-            layer += [Bottleneck(in_planes, planes, 1, dilation) for _ in range(blocks - 1)]
-            setattr(self, f"layer{index + 1}", nn.Sequential(*layer))
-        self.stage_channels = (256, 512, 1024, 2048)
-        self.out_channels = 2048
-        apply_bn_mode(self, bn)
-        if freeze_stem:
-            freeze(self.conv1)
-            freeze(self.bn1)
-
-    def train(self, mode: bool = True) -> "DilatedResNet":
-        super().train(mode)
-        keep_bn_stats(self, self.bn_mode)
-        return self
-
-    def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        out = []
-        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
-            x = layer(x)
-            out.append(x)
-        return out
+        if len(strides) != 4 or strides[0] != 1:
+            raise ValueError(f"strides: 4 per-stage strides with layer1's 1, got {tuple(strides)}")
+        super().__init__(strides=(2, *strides[1:]), bn=bn, freeze_stem=freeze_stem, layers=tuple(layers),
+                         dilations=tuple(dilations), ceil_pool=ceil_pool)
 
 
 class SummedAspp(nn.Module):

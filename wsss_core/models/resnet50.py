@@ -51,23 +51,28 @@ class ResNet50(nn.Module):
     DEFAULT_DETACHED_STAGES = 2
 
     def __init__(self, strides: tuple[int, int, int, int] | list[int] = (2, 2, 2, 1), bn: str = "frozen_stats",
-                 freeze_stem: bool = True):
+                 freeze_stem: bool = True, layers: tuple[int, ...] | None = None,
+                 dilations: tuple[int, int, int, int] | list[int] = (1, 1, 1, 1), ceil_pool: bool = False):
+        """``layers``: blocks per stage (default ResNet-50's; (3, 4, 23, 3) is ResNet-101); ``dilations``: of
+        each stage's 3×3 convolutions (DeepLab); ``ceil_pool``: the stem's max-pool rounds up (Caffe's)."""
         super().__init__()
         strides = tuple(strides)
         if len(strides) != 4 or any(s not in (1, 2) for s in strides):
             raise ValueError(f"strides must be 4 values of 1 or 2, got {strides}")
+        self.layers = tuple(layers) if layers is not None else type(self).layers
         self.bn_mode = bn
         self.detached_stages = 0
         self.conv1 = nn.Conv2d(3, 64, 7, stride=strides[0], padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=ceil_pool)
         in_planes = 64
         stage_strides = (1, strides[1], strides[2], strides[3])
-        for index, (blocks, planes, stride) in enumerate(zip(self.layers, (64, 128, 256, 512), stage_strides)):
-            layer = [Bottleneck(in_planes, planes, stride)]
+        for index, (blocks, planes, stride, dilation) in enumerate(zip(self.layers, (64, 128, 256, 512),
+                                                                        stage_strides, dilations)):
+            layer = [Bottleneck(in_planes, planes, stride, dilation)]
             in_planes = planes * Bottleneck.expansion
-            layer += [Bottleneck(in_planes, planes) for _ in range(blocks - 1)]
+            layer += [Bottleneck(in_planes, planes, 1, dilation) for _ in range(blocks - 1)]
             setattr(self, f"layer{index + 1}", nn.Sequential(*layer))
         self.out_channels = 2048
         self.stage_channels = (256, 512, 1024, 2048)
