@@ -120,3 +120,19 @@ def test_cli_prints_one_line_and_exits_2(voc_root, capsys):
     assert wsss_main(["data", "check", "--root", str(voc_root), "--split", "train", "--read"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("wsss data: error: ") and "2007_000006.jpg: unreadable or truncated" in err[-1]
+
+
+def test_mask_folder_names_a_missing_or_misshapen_label(tmp_path):
+    """AMN's seeds and the final stage's pseudo-labels are read through one reader: a missing PNG names its path
+    and how to make it; a PNG of another size than its image names both sizes."""
+    import numpy as np
+    from PIL import Image
+
+    from wsss_core.data.base import read_mask_png
+
+    with pytest.raises(DataError, match=r"a\.png: no seed label for image 'a'; run the seeds stage"):
+        read_mask_png(tmp_path, "a", (4, 5), "seed label", "run the seeds stage")
+    Image.fromarray(np.ones((4, 6), np.uint8)).save(tmp_path / "b.png")
+    with pytest.raises(DataError, match=r"pseudo-label size \(4, 6\) differs from the image's \(4, 5\)"):
+        read_mask_png(tmp_path, "b", (4, 5), "pseudo-label", "")
+    assert read_mask_png(tmp_path, "b", (4, 6), "pseudo-label", "").sum() == 24

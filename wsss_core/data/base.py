@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from ..errors import DataError
 from .reading import labels_from_mask, load_cls_labels, read_image, read_mask
@@ -117,3 +118,37 @@ class SegmentationDataset:
             shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
             raise DataError(f"{self.root}: {len(missing)} file(s) listed in split {self.split!r} are missing: "
                             f"{shown}; restore them or remove their ids from the split file")
+
+
+def read_mask_png(folder: str | Path, image_id: str, shape: tuple[int, int], what: str, hint: str) -> np.ndarray:
+    """``<folder>/<image_id>.png`` as an H × W uint8 label map, checked against the image size; ``what`` names
+    the labels in errors ("seed label"), ``hint`` says how to make a missing one."""
+    path = Path(folder) / f"{image_id}.png"
+    if not path.is_file():
+        raise DataError(f"{path}: no {what} for image {image_id!r}; {hint}")
+    with Image.open(path) as img:
+        mask = np.array(img, dtype=np.uint8)
+    if mask.shape != tuple(shape):
+        raise DataError(f"{path}: {what} size {mask.shape} differs from the image's {tuple(shape)}")
+    return mask
+
+
+class MaskFolderDataset:
+    """A dataset whose samples carry ``<folder>/<id>.png`` as ``mask`` (AMN's seeds, the final stage's
+    pseudo-labels), so the augmentations keep it aligned with the image."""
+
+    def __init__(self, dataset: Any, folder: str | Path, what: str, hint: str):
+        self.dataset, self.folder, self.what, self.hint = dataset, Path(folder), what, hint
+        self.transform = None
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__["dataset"], name)
+
+    def load(self, index: int) -> dict[str, Any]:
+        sample = self.dataset.load(index)
+        sample["mask"] = read_mask_png(self.folder, sample["id"], sample["image"].shape[:2], self.what, self.hint)
+        return sample
+

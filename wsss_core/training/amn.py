@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from ..addons import ADDONS
 from ..baselines.amn import AmnBaseline, AmnOptions, AmnSeedOptions
@@ -30,6 +29,7 @@ from ..baselines.base import ParamGroup
 from ..baselines.compose import build_model
 from ..config import from_dict, stable_hash, to_dict
 from ..data import build_dataset
+from ..data.base import MaskFolderDataset, read_mask_png
 from ..data.loading import build_loader
 from ..data.transforms import train_transform
 from ..errors import ConfigError, DataError
@@ -101,37 +101,17 @@ def make_seeds(cfg: RunConfig, cam_store_dir: str | Path, out_dir: str | Path) -
     return summary
 
 
+SEED_HINT = "run the seeds stage (make_seeds) for this split first"
+
+
 def read_seed(seeds_dir: str | Path, image_id: str, shape: tuple[int, int]) -> np.ndarray:
     """One image's seed label (H × W uint8), checked against the image size."""
-    path = Path(seeds_dir) / f"{image_id}.png"
-    if not path.is_file():
-        raise DataError(f"{path}: no seed label for image {image_id!r}; run the seeds stage (make_seeds) for "
-                        f"this split first")
-    with Image.open(path) as img:
-        seed = np.array(img, dtype=np.uint8)
-    if seed.shape != tuple(shape):
-        raise DataError(f"{path}: seed size {seed.shape} differs from the image's {tuple(shape)}")
-    return seed
+    return read_mask_png(seeds_dir, image_id, shape, "seed label", SEED_HINT)
 
 
-class SeedLabelDataset:
-    """A dataset whose samples carry the seed label as ``mask`` (so the augmentations keep it aligned)."""
-
-    def __init__(self, dataset: Any, seeds_dir: str | Path):
-        self.dataset = dataset
-        self.seeds_dir = Path(seeds_dir)
-        self.transform = None
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.__dict__["dataset"], name)
-
-    def load(self, index: int) -> dict[str, Any]:
-        sample = self.dataset.load(index)
-        sample["mask"] = read_seed(self.seeds_dir, sample["id"], sample["image"].shape[:2])
-        return sample
+def seed_label_dataset(dataset: Any, seeds_dir: str | Path) -> MaskFolderDataset:
+    """``dataset`` with each sample's seed label as ``mask`` (so the augmentations keep it aligned)."""
+    return MaskFolderDataset(dataset, seeds_dir, "seed label", SEED_HINT)
 
 
 # --- AMN training ----------------------------------------------------------------------
@@ -169,7 +149,7 @@ class AmnTrainer(Trainer):
     def _build(self) -> None:
         super()._build()
         cfg = self.cfg
-        self.loader = build_loader(SeedLabelDataset(self.dataset, self.seeds_dir), cfg.train.batch_size,
+        self.loader = build_loader(seed_label_dataset(self.dataset, self.seeds_dir), cfg.train.batch_size,
                                    sampler=self.sampler, num_workers=cfg.data.num_workers, seed=cfg.train.seed,
                                    transform=train_transform(cfg.data.augment or "amn", cfg.data.crop))
         baseline = self.model.baseline

@@ -28,6 +28,7 @@ from PIL import Image
 
 from ..config import from_dict, stable_hash, to_dict
 from ..data import build_dataset
+from ..data.base import MaskFolderDataset
 from ..data.loading import build_loader
 from ..data.transforms import Compose, Normalize, RandomCrop, RandomHFlip, RandomScale, normalize_image
 from ..errors import ConfigError, DataError
@@ -209,31 +210,6 @@ def read_labels_dir(pseudo_label_stage: str | Path) -> Path:
 
 
 # --- training -----------------------------------------------------------------------------------
-class LabelDataset:
-    """A dataset whose samples carry ``<labels_dir>/<id>.png`` as ``mask``."""
-
-    def __init__(self, dataset: Any, labels_dir: str | Path):
-        self.dataset, self.labels_dir, self.transform = dataset, Path(labels_dir), None
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.__dict__["dataset"], name)
-
-    def load(self, index: int) -> dict[str, Any]:
-        sample = self.dataset.load(index)
-        path = self.labels_dir / f"{sample['id']}.png"
-        if not path.is_file():
-            raise DataError(f"{path}: no label for image {sample['id']!r}; the pseudo-label set is incomplete")
-        with Image.open(path) as img:
-            mask = np.array(img, dtype=np.uint8)
-        if mask.shape != sample["image"].shape[:2]:
-            raise DataError(f"{path}: label size {mask.shape} differs from the image's {sample['image'].shape[:2]}")
-        sample["mask"] = mask
-        return sample
-
-
 def build_network(cfg: RunConfig, num_classes: int) -> torch.nn.Module:
     from ..models.deeplab import build_segmentation_net
 
@@ -273,7 +249,8 @@ class SegTrainer(Trainer):
     def _build(self) -> None:
         cfg, f, env = self.cfg, self.trial_cfg.final, self.env
         base = build_dataset(cfg.data.dataset, cfg.data.root, cfg.data.train_split)
-        self.dataset = LabelDataset(base, self.labels_dir)
+        self.dataset = MaskFolderDataset(base, self.labels_dir, "pseudo-label",
+                                         "the pseudo-label set is incomplete; rerun the pseudo_labels stage")
         self.sampler = RankShardSampler(len(base), cfg.train.batch_size, env.rank, env.world_size, cfg.train.seed)
         transform = Compose((RandomScale(*f.scale), RandomHFlip(), Normalize(), RandomCrop(f.crop)))
         self.loader = build_loader(self.dataset, cfg.train.batch_size, sampler=self.sampler,
