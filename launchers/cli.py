@@ -31,6 +31,11 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-concurrent", type=int, help="at most this many trials at once")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///<workdir>/mlflow.db)")
     parser.add_argument("--no-tracking", action="store_true", help="no MLflow; metrics stay in each stage dir")
+    wait = parser.add_mutually_exclusive_group()
+    wait.add_argument("--wait", dest="wait", action="store_true", default=None,
+                      help="block until every trial has an outcome (the default for local and Ray)")
+    wait.add_argument("--no-wait", dest="wait", action="store_false",
+                      help="return once every trial is submitted and recorded (the default for Slurm)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -50,9 +55,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _common(run)
     add_run_options(run)
     run.set_defaults(func=cmd_run)
-    status = sub.add_parser("status", help="counts per state, running trials, each failure's error")
+    status = sub.add_parser("status", help="where each trial is: its record reconciled with the scheduler "
+                            "(Slurm job states and reasons) and the stage store")
     _common(status)
+    status.add_argument("--all", action="store_true", help="also list finished trials")
     status.set_defaults(func=cmd_status)
+    wait = sub.add_parser("wait", help="block until every trial has an outcome; exit 0 when all finished")
+    _common(wait)
+    wait.add_argument("--poll", type=float, default=10.0, help="seconds between looks at the scheduler (default 10)")
+    wait.add_argument("--timeout", type=float, default=None, help="give up after this many seconds (exit 124)")
+    wait.set_defaults(func=cmd_wait)
+    cancel = sub.add_parser("cancel", help="cancel running or queued trials (all, or those named)")
+    _common(cancel)
+    cancel.add_argument("trials", nargs="*", metavar="TRIAL", help="trial ids or unique prefixes (default: all)")
+    cancel.set_defaults(func=cmd_cancel)
+    logs = sub.add_parser("logs", help="the tail of a trial's job log (Slurm) or rank logs (local)")
+    _common(logs)
+    logs.add_argument("trial", metavar="TRIAL", help="a trial id or a unique prefix of one")
+    logs.add_argument("-n", "--lines", type=int, default=40, help="how many lines (default 40)")
+    logs.set_defaults(func=cmd_logs)
     sweep.set_defaults(func=lambda args: (sweep.print_help(), 2)[1])
 
 
@@ -74,7 +95,7 @@ def options_from_args(args: argparse.Namespace, default_launcher: str) -> Submit
 
     return SubmitOptions(launcher=args.launcher or default_launcher, retry_failed=args.retry_failed,
                          tracking_uri=args.tracking_uri, tracking=not args.no_tracking, address=args.address,
-                         max_concurrent=args.max_concurrent)
+                         max_concurrent=args.max_concurrent, wait=getattr(args, "wait", None))
 
 
 def run_and_summarise(args: argparse.Namespace, file: str) -> tuple[Any, Any]:
@@ -125,20 +146,51 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if outcome.ok else 1
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    from wsss_core.pipeline import layout
-
+def _planned(args: argparse.Namespace):
     from .plan import plan_sweep
-    from .records import format_status
     from .spec import load_sweep
 
     spec = load_sweep(args.file, args.overrides, allow_large=args.allow_large)
-    plan = plan_sweep(spec, args.workdir)
-    records = []
-    for trial in plan.trials:
-        record = layout.read_trial(trial.record_path)
-        if record is None:
-            record = {"trial_id": trial.trial_id, "state": "pending"}
-        records.append(record)
-    print(format_status(records, spec.name))
+    return spec, plan_sweep(spec, args.workdir)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .follow import format_views, reconcile
+
+    spec, plan = _planned(args)
+    print(format_views(reconcile(plan.trials), spec.name, show_finished=args.all))
     return 0
+
+
+def cmd_wait(args: argparse.Namespace) -> int:
+    from .follow import close_tracking, format_views, wait
+
+    spec, plan = _planned(args)
+    try:
+        views = wait(plan.trials, spec.name, sys.stdout, poll_s=args.poll, timeout_s=args.timeout)
+    except TimeoutError as exc:
+        print(f"wsss sweep wait: {exc}", file=sys.stderr)
+        return 124
+    ok = all(v.state == "finished" for v in views)
+    if not any(v.state == "pending" for v in views):
+        close_tracking(plan.trials, ok, sys.stdout)
+    if not ok:
+        print(format_views(views, spec.name), file=sys.stderr)
+    return 0 if ok else 1
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from .follow import cancel, select
+
+    spec, plan = _planned(args)
+    chosen = select(plan.trials, args.trials, "wsss sweep cancel")
+    count = cancel(chosen, sys.stdout)
+    print(f"[cancel] {spec.name}: {count} trial(s) cancelled; `wsss sweep run --retry-failed` reruns them")
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from .follow import select, show_logs
+
+    _, plan = _planned(args)
+    return show_logs(select(plan.trials, [args.trial], "wsss sweep logs")[0], args.lines)

@@ -7,6 +7,7 @@ goes to ``<workdir>/sweeps/<sweep>/logs/<trial>.rank<r>.log``.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import subprocess
@@ -42,6 +43,7 @@ class _Group:
     logs: list[Path] = field(default_factory=list)
     failed_at: float | None = None
     gpus: list[int] = field(default_factory=list)
+    slot: int | None = None  # the fd of the sweep slot it holds (see Slots), inherited by its ranks
 
     def codes(self) -> list[int | None]:
         return [p.poll() for p in self.procs]
@@ -55,14 +57,47 @@ class _Group:
                 proc.send_signal(signal.SIGTERM)
 
 
-def _start(trial: TrialSpec, gpus: list[int]) -> _Group:
-    """Start the trial's ranks; ``gpus``: the devices it was given (one per rank), empty on CPU."""
+class Slots:
+    """At most ``limit`` trials of a sweep at once across every submitter of it: a trial holds one of the
+    sweep's ``slots/slot-K.lock`` files (flock) from start to end. The lock's file descriptor is inherited by
+    the trial's ranks, so a slot stays taken while they run even if their submitter was killed."""
+
+    def __init__(self, folder: Path, limit: int | None):
+        self.folder, self.limit = folder, limit
+
+    def take(self) -> int | None:
+        """The fd of a free slot (now held), or None when all are taken; -1 when there is no limit."""
+        if self.limit is None:
+            return -1
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for k in range(self.limit):
+            fd = os.open(self.folder / f"slot-{k}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            os.set_inheritable(fd, True)
+            return fd
+        return None
+
+    @staticmethod
+    def give(fd: int | None) -> None:
+        if fd is not None and fd >= 0:
+            os.close(fd)  # the lock goes when the ranks' inherited copies are closed too (they have exited)
+
+
+def _start(trial: TrialSpec, gpus: list[int], slot: int | None = None) -> _Group:
+    """Start the trial's ranks; ``gpus``: the devices it was given (one per rank), empty on CPU; ``slot``:
+    the sweep slot's fd the ranks inherit (:class:`Slots`)."""
     res = Resources(**trial.resources)
     spec_path = write_trial_spec(trial)
     log_dir = layout.sweep_dir(Path(trial.workdir), trial.sweep) / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     port = _free_port()
-    group = _Group(trial, gpus=list(gpus))
+    group = _Group(trial, gpus=list(gpus), slot=slot)
+    with layout.update_trial(trial.record_path) as record:
+        record["log"] = str(log_dir / f"{trial.trial_id}.rank0.log")
     for rank in range(res.world_size):
         env = dict(os.environ, OMP_NUM_THREADS=str(res.cpus_per_task), WSSS_CPUS_PER_TASK=str(res.cpus_per_task),
                    PYTHONUNBUFFERED="1")
@@ -76,7 +111,8 @@ def _start(trial: TrialSpec, gpus: list[int]) -> _Group:
         log = log_dir / f"{trial.trial_id}.rank{rank}.log"
         with open(log, "ab") as handle:
             group.procs.append(subprocess.Popen([sys.executable, "-m", "launchers.worker", str(spec_path)],
-                                                env=env, stdout=handle, stderr=subprocess.STDOUT))
+                                                env=env, stdout=handle, stderr=subprocess.STDOUT,
+                                                pass_fds=(slot,) if slot is not None and slot >= 0 else ()))
         group.logs.append(log)
     return group
 
@@ -107,7 +143,9 @@ def launch(spec: SweepSpec, plan: SweepPlan, trials: list[TrialSpec], opts: Subm
     settings = spec.launcher.local
     cores = machine_cores() * settings.oversubscribe
     memory = machine_memory_gb() * 0.9
-    limit = opts.max_concurrent or settings.max_concurrent or len(trials)
+    cap = opts.max_concurrent or settings.max_concurrent
+    limit = cap or len(trials)
+    slots = Slots(layout.sweep_dir(plan.workdir, spec.name) / "slots", cap)
     free_gpus = _visible_gpus() if any(t.resources["gpus_per_node"] for t in trials) else []
     queue = list(trials)
     running: list[_Group] = []
@@ -124,9 +162,12 @@ def launch(spec: SweepSpec, plan: SweepPlan, trials: list[TrialSpec], opts: Subm
                     break
                 if res.gpus_per_node > len(free_gpus):
                     break  # wait for a running trial to give its GPUs back
+                slot = slots.take()
+                if slot is None:
+                    break  # another submitter of this sweep (or its orphaned ranks) holds every slot
                 given, free_gpus = free_gpus[:res.gpus_per_node], free_gpus[res.gpus_per_node:]
                 trial = queue.pop(0)
-                running.append(_start(trial, given))
+                running.append(_start(trial, given, slot))
                 used_cores += need
                 used_mem += res.mem_gb
                 print(f"[local] started {trial.trial_id} ({res.world_size} process(es))", file=stream, flush=True)
@@ -139,6 +180,7 @@ def launch(spec: SweepSpec, plan: SweepPlan, trials: list[TrialSpec], opts: Subm
                     group.terminate()  # a rank blocked in a collective after its peer failed
                 if group.done():
                     running.remove(group)
+                    Slots.give(group.slot)
                     free_gpus = sorted(free_gpus + group.gpus)
                     codes = group.codes()
                     tid = group.trial.trial_id
@@ -159,6 +201,7 @@ def launch(spec: SweepSpec, plan: SweepPlan, trials: list[TrialSpec], opts: Subm
                     proc.wait(timeout=KILL_GRACE_S)
                 except subprocess.TimeoutExpired:
                     proc.kill()
+            Slots.give(group.slot)
         raise
     return errors
 

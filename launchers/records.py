@@ -8,9 +8,6 @@ dir's layout (:mod:`wsss_core.pipeline.layout`).
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -19,32 +16,32 @@ from wsss_core.pipeline import TrialSpec, layout
 from wsss_core.pipeline.layout import hostname, process_start_time
 from wsss_core.pipeline.runner import refresh_record
 
-SLURM_ALIVE = ("PENDING", "RUNNING", "REQUEUED", "RESIZING", "SUSPENDED", "CONFIGURING", "COMPLETING",
-               "REQUEUE_HOLD", "REQUEUE_FED", "PREEMPTED", "STAGE_OUT", "SIGNALING")
+from .scheduler import JobState, slurm_jobs
 
 
-def slurm_job_state(job_id: str) -> str | None:
-    """squeue first (live jobs), then sacct (finished ones); None when Slurm does not know the job."""
-    if shutil.which("squeue"):
-        out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True)
-        if out.returncode == 0 and out.stdout.strip():
-            return out.stdout.split()[0].upper()
-    if shutil.which("sacct"):
-        out = subprocess.run(["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State"],
-                             capture_output=True, text=True)
-        if out.returncode == 0 and out.stdout.strip():
-            return out.stdout.split()[0].split()[0].upper()
+def slurm_owner_job(record: dict[str, Any] | None) -> str | None:
+    """The Slurm job (array task) id that owns a pending/running trial, else None."""
+    owner = (record or {}).get("owner") or {}
+    if (record or {}).get("state") in ("pending", "running") and owner.get("launcher") == "slurm":
+        return str(owner["job_id"]) if owner.get("job_id") else None
     return None
 
 
-def owner_alive(owner: dict[str, Any] | None) -> bool:
-    """Local pid on this host (same start time), a Slurm job still queued or running. An owner on another
-    host that is not a Slurm job cannot be checked: it counts as alive (never run a trial twice)."""
+def sweep_jobs(records_: list[dict[str, Any] | None]) -> dict[str, JobState]:
+    """The scheduler's state of every Slurm job owning one of ``records_``, in one query."""
+    return slurm_jobs({j for j in map(slurm_owner_job, records_) if j})
+
+
+def owner_alive(owner: dict[str, Any] | None, jobs: dict[str, JobState] | None = None) -> bool:
+    """Local pid on this host (same start time), a Slurm job still queued or running (``jobs``: states
+    already queried for the sweep). An owner on another host that is not a Slurm job cannot be checked: it
+    counts as alive (never run a trial twice)."""
     if not owner:
         return False
     if owner.get("launcher") == "slurm" and owner.get("job_id"):
-        state = slurm_job_state(str(owner["job_id"]))
-        return state is not None and state in SLURM_ALIVE
+        job_id = str(owner["job_id"])
+        state = (jobs or {}).get(job_id) or slurm_jobs([job_id])[job_id]
+        return state.alive
     if owner.get("host") != hostname():
         return True
     pid = owner.get("pid")
@@ -54,8 +51,31 @@ def owner_alive(owner: dict[str, Any] | None) -> bool:
     return start is not None and (owner.get("pid_start") in (None, start))
 
 
-def trial_is_active(record: dict[str, Any] | None) -> bool:
-    return bool(record) and record.get("state") in ("pending", "running") and owner_alive(record.get("owner"))
+def ended_job(record: dict[str, Any] | None, jobs: dict[str, JobState]) -> JobState | None:
+    """The scheduler's state of the Slurm job that owned a pending/running trial, when that job has ended
+    (the trial's own process never recorded an outcome: OOM, node failure, scancel, time limit)."""
+    job_id = slurm_owner_job(record)
+    if job_id is None:
+        return None
+    state = jobs.get(job_id) or slurm_jobs([job_id])[job_id]
+    return None if state.alive else state
+
+
+def job_ended_error(state: JobState, log: str | None) -> str:
+    why = {"UNKNOWN": "Slurm no longer knows the job"}.get(state.state, "the job ended")
+    return (f"{state.describe()}: {why} without recording the trial's outcome"
+            + (f"; log {log}" if log else "") + "; rerun it with --retry-failed")
+
+
+def trial_is_active(record: dict[str, Any] | None, jobs: dict[str, JobState] | None = None) -> bool:
+    return bool(record) and record.get("state") in ("pending", "running") and owner_alive(record.get("owner"), jobs)
+
+
+def fail_ended_job(record: dict[str, Any], state: JobState) -> None:
+    """Record (in the locked ``record``) that its Slurm job ended without the trial recording an outcome."""
+    record.update({"state": "failed", "error": job_ended_error(state, record.get("log")), "finished": layout.now(),
+                   "scheduler": {"job_id": state.job_id, "state": state.state, "reason": state.reason,
+                                 "exit_code": state.exit_code}})
 
 
 # -- the records of a submission ---------------------------------------------------------------------
@@ -63,10 +83,12 @@ def trial_is_active(record: dict[str, Any] | None) -> bool:
 def claim(trials: list[TrialSpec], launcher: str, parent_run_id: str | None, retry_failed: bool = False
                  ) -> dict[str, list[str]]:
     """Per trial, under its record's lock: finished → ``finished``; pending/running with a live owner →
-    ``reattached``; failed → ``failed`` unless ``retry_failed``; else claimed for this submitter → ``run``
-    (a pending/running record whose owner is gone is stale: noted in its error, rerun)."""
+    ``reattached``; failed → ``failed`` unless ``retry_failed`` (a trial whose Slurm job ended without
+    recording an outcome is failed first, with the scheduler's reason); else claimed for this submitter →
+    ``run`` (a pending/running record whose local owner is gone is stale: noted in its error, rerun)."""
     outcome: dict[str, list[str]] = {"run": [], "reattached": [], "finished": [], "failed": [], "recompute": []}
     me = layout.owner_of_this_process(launcher)
+    jobs = sweep_jobs([layout.read_trial(t.record_path) for t in trials])
     for trial in trials:
         with layout.update_trial(trial.record_path) as record:
             was = record.get("state")
@@ -78,9 +100,13 @@ def claim(trials: list[TrialSpec], launcher: str, parent_run_id: str | None, ret
             if current == "finished":
                 outcome["finished"].append(trial.trial_id)
                 continue
-            if trial_is_active(record):
+            if trial_is_active(record, jobs):
                 outcome["reattached"].append(trial.trial_id)
                 continue
+            ended = ended_job(record, jobs)
+            if ended is not None:
+                fail_ended_job(record, ended)
+                current = was = "failed"
             if current == "failed" and not retry_failed:
                 outcome["failed"].append(trial.trial_id)
                 continue
@@ -88,8 +114,8 @@ def claim(trials: list[TrialSpec], launcher: str, parent_run_id: str | None, ret
                 owner = record["owner"]
                 record["error"] = (f"stale: owner {owner.get('launcher')} {owner.get('job_id') or ''} pid "
                                    f"{owner.get('pid')} on {owner.get('host')} is gone; rerun").replace("  ", " ")
-            record.update({"state": "pending", "owner": me, "launcher": launcher, "job_id": None,
-                           "submitted": layout.now()})
+            record.update({"state": "pending", "owner": me, "launcher": launcher, "job_id": None, "log": None,
+                           "scheduler": None, "submitted": layout.now()})
             outcome["run"].append(trial.trial_id)
     return outcome
 
@@ -111,16 +137,6 @@ def mark_interrupted(trial: TrialSpec, note: str) -> None:
             return
         if record.get("state") in ("pending", "running"):
             record.update({"state": "pending", "owner": None, "error": note, "interrupted": layout.now()})
-
-
-def wait_for(trials: list[TrialSpec], poll_s: float, stream) -> None:
-    """Re-attach: wait while another submitter's (or job's) trials are alive."""
-    pending = list(trials)
-    if pending:
-        print(f"[sweep] re-attached to {len(pending)} trial(s) run by another submission; waiting", file=stream)
-    while pending:
-        time.sleep(poll_s)
-        pending = [t for t in pending if trial_is_active(layout.read_trial(t.record_path))]
 
 
 def format_status(records: list[dict[str, Any]], sweep: str) -> str:

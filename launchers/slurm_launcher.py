@@ -101,22 +101,15 @@ def _executor(folder: Path, spec: SweepSpec, res: Resources) -> submitit.SlurmEx
     return executor
 
 
-def _last_line(exc: BaseException) -> str:
-    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-    for line in reversed(lines):
-        if "Error" in line or "error" in line:
-            return line.strip()
-    return lines[-1].strip() if lines else type(exc).__name__
-
-
 def launch(spec: SweepSpec, plan: SweepPlan, trials: list[TrialSpec], opts: SubmitOptions,
            stream: Any) -> dict[str, str | None]:
-    """Submit one array per distinct resource shape, record the job ids, wait for every job."""
+    """Submit one array per distinct resource shape and record each trial's job id and log; returns at once.
+    The jobs need nothing from this process: following them (``--wait``, ``wsss sweep wait``) reads the
+    records and the scheduler (:mod:`launchers.follow`)."""
     folder = layout.sweep_dir(plan.workdir, spec.name) / "slurm" / f"{int(time.time())}-{os.getpid()}"
     groups: dict[tuple, list[TrialSpec]] = {}
     for trial in trials:
         groups.setdefault(tuple(sorted(trial.resources.items())), []).append(trial)
-    jobs: list[tuple[TrialSpec, Any]] = []
     for shape, members in groups.items():
         res = Resources(**dict(shape))
         executor = _executor(folder, spec, res)
@@ -124,30 +117,13 @@ def launch(spec: SweepSpec, plan: SweepPlan, trials: list[TrialSpec], opts: Subm
         submitted = executor.map_array(SlurmTrial(), paths)
         for trial, job in zip(members, submitted):
             with layout.update_trial(trial.record_path) as record:
-                record.update({"job_id": str(job.job_id), "launcher": "slurm",
-                               "owner": {"launcher": "slurm", "job_id": str(job.job_id), "host": None, "pid": None}})
-            jobs.append((trial, job))
+                record.update({"job_id": str(job.job_id), "launcher": "slurm", "log": str(job.paths.stdout)})
+                if (record.get("owner") or {}).get("job_id") != str(job.job_id):  # the job has not started yet
+                    record["owner"] = {"launcher": "slurm", "job_id": str(job.job_id), "host": None, "pid": None}
         print(f"[slurm] submitted {len(members)} trial(s) as array {submitted[0].job_id.split('_')[0]} "
               f"({res.nodes} node(s) × {res.tasks_per_node} task(s)); submitit folder {folder}",
               file=stream, flush=True)
-    errors: dict[str, str | None] = {}
-    pending = list(jobs)
-    while pending:
-        time.sleep(max(opts.poll_s, 1.0))
-        still = []
-        for trial, job in pending:
-            if not job.done():
-                still.append((trial, job))
-                continue
-            try:
-                job.results()  # every task of a multi-task job
-                print(f"[slurm] {trial.trial_id} ({job.job_id}) finished", file=stream, flush=True)
-            except Exception as exc:  # FailedJobError, UncompletedJobError: the job's own error is in the record
-                errors[trial.trial_id] = f"slurm job {job.job_id}: {_last_line(exc)}"
-                print(f"[slurm] {trial.trial_id} ({job.job_id}) failed: {errors[trial.trial_id]}; log "
-                      f"{job.paths.stdout}", file=stream, flush=True)
-        pending = still
-    return errors
+    return {}
 
 
 def release() -> None:

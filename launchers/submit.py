@@ -24,7 +24,9 @@ from wsss_core.config import to_dict
 
 from wsss_core.pipeline import TrialSpec, layout
 
-from . import records
+from wsss_core.errors import ConfigError
+
+from . import follow, records
 from .backend import Backend, get_backend
 from .plan import SweepPlan, plan_sweep
 from .spec import SweepSpec, load_sweep
@@ -39,6 +41,13 @@ class SubmitOptions:
     address: str | None = None  # ray
     max_concurrent: int | None = None
     poll_s: float = 1.0
+    wait: bool | None = None  # block until every trial has an outcome; None: the launcher's default
+
+
+def waits_by_default(launcher: str) -> bool:
+    """Local trials are this process's children: it waits. A Slurm submission returns once every trial is
+    submitted and recorded (submit and walk away; ``--wait`` blocks)."""
+    return launcher != "slurm"
 
 
 @dataclass
@@ -50,6 +59,7 @@ class SweepOutcome:
     skipped_failed: list[str] = field(default_factory=list)
     recompute: list[str] = field(default_factory=list)  # "trial: stage: why" for stages found missing or damaged
     records: list[dict[str, Any]] = field(default_factory=list)
+    waited: bool = True  # False: submitted and returned (the trials run on without the submitter)
 
     @property
     def failed(self) -> list[dict[str, Any]]:
@@ -57,6 +67,9 @@ class SweepOutcome:
 
     @property
     def ok(self) -> bool:
+        """Every trial finished (waited), or every trial finished or submitted without a failure (not waited)."""
+        if not self.waited:
+            return not self.failed
         return not self.failed and all(r.get("state") == "finished" for r in self.records)
 
 
@@ -110,6 +123,9 @@ def run_sweep(spec: SweepSpec | str | Path, workdir: str | Path | None = None, o
     opts = opts or SubmitOptions()
     if not isinstance(spec, SweepSpec):
         spec = load_sweep(spec, overrides)
+    if opts.wait is False and not backend_detached(opts.launcher):
+        raise ConfigError(f"--no-wait: {opts.launcher} trials need `wsss sweep run` to stay while they run; valid: "
+                          "--launcher slurm (or run the submitter inside tmux, screen or nohup)")
     backend = get_backend(opts.launcher)
     plan = plan_sweep(spec, workdir)
     backend.check_resources(spec, plan, opts)  # before anything is written or submitted
@@ -163,24 +179,38 @@ def _run_planned(spec: SweepSpec, plan: SweepPlan, backend: Backend, opts: Submi
         for trial in to_run:
             if errors.get(trial.trial_id):
                 records.mark_unrecorded_failure(trial, errors[trial.trial_id])
-    records.wait_for([by_id[i] for i in outcome.reattached], opts.poll_s, stream)
+    wait = waits_by_default(opts.launcher) if opts.wait is None else opts.wait
+    follow_up = [by_id[i] for i in outcome.reattached] + (to_run if backend_detached(opts.launcher) else [])
+    if wait and follow_up:
+        follow.wait(follow_up, spec.name, stream, poll_s=max(opts.poll_s, 0.5), report_s=60.0)
     outcome.records = [layout.read_trial(t.record_path) or {} for t in plan.trials]
-    if ctx is not None:
-        _finish_tracking(ctx, outcome, stream)
+    outcome.waited = wait
+    if not wait:
+        print(follow_hint(plan), file=stream, flush=True)
+    elif ctx is not None:
+        follow.finish_tracking(ctx, outcome.ok, stream)
     return outcome
 
 
-def _finish_tracking(ctx: Any, outcome: SweepOutcome, stream) -> None:
-    try:
-        from wsss_core.tracking import finish_sweep_tracking
+def backend_detached(launcher: str) -> bool:
+    """Whether the backend's ``launch`` returns once the trials are submitted (they run without us)."""
+    return launcher == "slurm"
 
-        finish_sweep_tracking(ctx, "FINISHED" if outcome.ok else "FAILED")
-    except Exception as exc:  # tracking never fails a sweep whose results are on disk
-        print(f"[sweep] tracking: could not close the sweep's parent run: {exc}", file=stream)
+
+def follow_hint(plan: SweepPlan) -> str:
+    """How to follow a sweep the submitter no longer watches."""
+    spec = plan.spec
+    args = f"{spec.path} --workdir {plan.workdir}"
+    return (f"[sweep] submitted; the trials run without this process. Follow them with\n"
+            f"  wsss sweep status {args}      where each trial is (the scheduler's view)\n"
+            f"  wsss sweep wait {args}        block until every trial has an outcome\n"
+            f"  wsss sweep logs {args} TRIAL  the tail of a trial's job log\n"
+            f"  wsss sweep cancel {args} [TRIAL ...]")
 
 
 def summary_line(outcome: SweepOutcome) -> str:
     counts = Counter(r.get("state", "pending") for r in outcome.records)
     return (f"[sweep] {outcome.plan.spec.name}: " + ", ".join(f"{counts[s]} {s}" for s in layout.STATES if counts[s])
-            + f" (ran {len(outcome.ran)}, reused {len(outcome.skipped_finished)})")
+            + f" ({'ran' if outcome.waited else 'submitted'} {len(outcome.ran)}, "
+              f"reused {len(outcome.skipped_finished)})")
 

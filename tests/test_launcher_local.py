@@ -77,4 +77,5 @@ def test_failing_trial_is_reported_with_its_error(tmp_path, capsys):
     (record,) = layout.list_trials(workdir, "broken")
     assert record["stages"]["train"]["state"] == "finished" and record["stages"]["cams"]["state"] == "failed"
     assert main(["sweep", "status", str(path), "--workdir", str(workdir)]) == 0
-    assert "failed   " + record["trial_id"] in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert re.search(re.escape(record["trial_id"]) + r"\s+failed\s+local\s+stage cams\n.*injected fault", out), out

@@ -54,7 +54,7 @@ def test_slurm_sweep_preemption_resume_and_failure(tmp_path, slurm_cluster):  # 
     watcher = threading.Thread(target=_preempt_when_training, args=(workdir, "slurmsweep", 0, 4, done, preempted))
     watcher.start()
     try:
-        outcome = run_sweep(spec, workdir, SubmitOptions(launcher="slurm", tracking=False))
+        outcome = run_sweep(spec, workdir, SubmitOptions(launcher="slurm", tracking=False, wait=True))
     finally:
         done.set()
         watcher.join()
