@@ -20,7 +20,7 @@ from wsss_core.errors import ConfigError
 from wsss_core.pipeline import TrialSpec, find_stage, integrity, layout, plan_trial
 from wsss_core.pipeline.stages.seg_train import STAGE as SEG_TRAIN_STAGE
 
-from .spec import Resources, SweepSpec, describe, validate_trials
+from .spec import Resources, SweepSpec, describe, validated_trials
 
 
 SEGMENTATION_TRAINING = SEG_TRAIN_STAGE.name
@@ -78,7 +78,7 @@ def plan_sweep(spec: SweepSpec, workdir: str | Path | None = None) -> SweepPlan:
     trials: list[TrialSpec] = []
     by_id: dict[str, TrialSpec] = {}
     duplicates = []
-    for combo, cfg, resources in validate_trials(spec):
+    for combo, cfg, resources in validated_trials(spec):
         addons_label = combo["addons"].label if "addons" in combo else None
         trial = plan_trial(cfg, workdir, sweep=spec.name, synthetic=synthetic, world_size=resources.world_size,
                            label=str(addons_label or "plain"), where=f"{spec.path}: trial {describe(combo)}")

@@ -156,6 +156,9 @@ class Axis:
     values: list[AxisValue]
 
 
+ValidTrial = tuple[dict[str, AxisValue], RunConfig, Resources]  # (combination, its run config, its resources)
+
+
 @dataclass
 class SweepSpec:
     name: str
@@ -168,6 +171,9 @@ class SweepSpec:
     synthetic_data: SyntheticData | None = None
     tracking: TrackingSettings = field(default_factory=TrackingSettings)
     faults: list[Fault] = field(default_factory=list)
+    # What validate_trials made of the grid, kept by load_sweep so that plan_sweep does not validate every trial a
+    # second time (that second pass was 40% of planning a 5,000-trial grid).
+    trials: list[ValidTrial] | None = field(default=None, repr=False, compare=False)
 
     def axis(self, name: str) -> Axis | None:
         return next((a for a in self.axes if a.name == name), None)
@@ -357,8 +363,16 @@ def describe(combo: dict[str, AxisValue]) -> str:
     return " ".join(f"{name}={value.label}" for name, value in combo.items())
 
 
-def validate_trials(spec: SweepSpec) -> list[tuple[dict[str, AxisValue], RunConfig, Resources]]:
-    """Expand and validate every trial; a bad combination is named by its axis values."""
+def validated_trials(spec: SweepSpec) -> list[ValidTrial]:
+    """The expanded, validated trials of ``spec``: those :func:`load_sweep` kept, else validated now (once)."""
+    if spec.trials is None:
+        spec.trials = validate_trials(spec)
+    return spec.trials
+
+
+def validate_trials(spec: SweepSpec, check_data: bool = False) -> list[ValidTrial]:
+    """Expand and validate every trial; a bad combination is named by its axis values. ``check_data``: decode
+    every image and mask of each split the trials read (else only their presence is checked)."""
     import sys
 
     out = []
@@ -372,16 +386,30 @@ def validate_trials(spec: SweepSpec) -> list[tuple[dict[str, AxisValue], RunConf
         where = f"{spec.path}: trial {describe(combo)}" if combo else spec.path
         cfg = run_config_from_dict(data, where)
         res = from_dict(Resources, resources, f"{where}: resources")
-        check_trial_values(spec, cfg, res, where, datasets)
+        check_trial_values(spec, cfg, res, where, datasets, check_data)
         out.append((combo, cfg, res))
     return out
 
 
+def trial_splits(cfg: RunConfig, res: Resources) -> list[tuple[str, str, str | None, int]]:
+    """Each split a trial reads: (its key, the split, the key of the batch drawn from it or None, images per
+    step). The final stage's splits count only when it is enabled (``final.split`` null = data.train_split)."""
+    world = res.world_size
+    out: list[tuple[str, str, str | None, int]] = [
+        ("data.train_split", cfg.data.train_split, "train.batch_size", cfg.train.batch_size * world),
+        ("cams.split", cfg.cams.split, None, 0)]
+    if cfg.final.enabled:
+        out += [("final.split", cfg.final.split or cfg.data.train_split, "final.batch_size",
+                 cfg.final.batch_size * world), ("final.val_split", cfg.final.val_split, None, 0)]
+    return out
+
+
 def check_trial_values(spec: SweepSpec, cfg: RunConfig, res: Resources, where: str,
-                       datasets: dict[tuple[str, str, str], int | str]) -> None:
+                       datasets: dict[tuple[str, str, str], int | str], check_data: bool = False) -> None:
     """What the trial itself would reject only after work started: a negative seed, a non-finite number, a
-    global batch larger than the training split, a dataset root or split file missing (checked where this
-    host can read it; ``datasets`` caches what was read, per (dataset, root, split))."""
+    split that is not there or lists a missing file (an undecodable one with ``check_data``), a batch larger
+    than its split, a final-stage split AMN makes no seeds for. Datasets are checked where this host can
+    read them; ``datasets`` caches what was read, per (dataset, root, split)."""
     import math
 
     from wsss_core.config import flatten
@@ -392,9 +420,7 @@ def check_trial_values(spec: SweepSpec, cfg: RunConfig, res: Resources, where: s
     for key, value in flatten(to_dict(cfg)).items():
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"{where}: {key}: must be a finite number, got {value}")
-    batch = cfg.train.batch_size * res.world_size
-    splits = [("data.train_split", cfg.data.train_split), ("cams.split", cfg.cams.split)]
-    for key, split in splits:
+    for key, split, batch_key, per_step in trial_splits(cfg, res):
         if spec.synthetic_data is not None:
             size: int | str | None = spec.synthetic_data.split_size(split)
             if size is None:
@@ -402,24 +428,35 @@ def check_trial_values(spec: SweepSpec, cfg: RunConfig, res: Resources, where: s
                                   "choices: train, train_aug, val")
         else:
             size = _dataset_size(cfg.data.dataset, cfg.data.root, split, where, key, datasets,
-                                 local=spec.launcher.default == "local")
-        if key == "data.train_split" and isinstance(size, int) and batch > size:
-            raise ConfigError(f"{where}: train.batch_size: {cfg.train.batch_size} × {res.world_size} process(es) = "
-                              f"{batch} images per step, but split {split!r} has only {size}; valid: batch_size × processes "
-                              f"at most {size}")
+                                 local=spec.launcher.default == "local", decode=check_data)
+        if batch_key is not None and isinstance(size, int) and per_step > size:
+            batch = per_step // res.world_size
+            raise ConfigError(f"{where}: {batch_key}: {batch} × {res.world_size} process(es) = {per_step} images per "
+                              f"step, but split {split!r} has only {size}; valid: batch_size × processes at most "
+                              f"{size}")
+    if cfg.final.enabled and cfg.model.baseline == "amn":
+        from wsss_core.training.amn import amn_chain, seed_splits
+
+        made = seed_splits(amn_chain(cfg, where))
+        split = cfg.final.split or cfg.data.train_split
+        if split not in made:
+            raise ConfigError(f"{where}: final.split: {split!r} has no AMN seed labels to make pseudo-labels from; "
+                              f"valid: {', '.join(made)} (the splits AMN makes seeds for), or null (data.train_split)")
 
 
 _NOTED_ROOTS: set[str] = set()  # roots this process already said it cannot read
 
 
 def _dataset_size(dataset: str, root: str, split: str, where: str, key: str,
-                  cache: dict[tuple[str, str, str], int | str], local: bool = True) -> int | str:
-    """Images in a split, read the way the trial reads it (its errors, e.g. a missing split file, raised here);
-    'unreadable' when this host cannot see the root and the sweep runs elsewhere (launcher.default ray or
-    slurm: the root may exist on the cluster's nodes only; said once on stderr)."""
+                  cache: dict[tuple[str, str, str], int | str], local: bool = True, decode: bool = False) -> int | str:
+    """Images in a split, read the way the trial reads it (its errors, e.g. a missing split file, raised here),
+    every listed image and mask present (and, with ``decode``, decodable with valid class ids: the check of
+    ``wsss data check --read``); 'unreadable' when this host cannot see the root and the sweep runs elsewhere
+    (launcher.default ray or slurm: the root may exist on the cluster's nodes only; said once on stderr)."""
     import sys
 
     from wsss_core.data import build_dataset
+    from wsss_core.data.base import check_split
     from wsss_core.errors import DataError
 
     ident = (dataset, str(Path(root).expanduser()), split)
@@ -435,15 +472,20 @@ def _dataset_size(dataset: str, root: str, split: str, where: str, key: str,
             raise ConfigError(f"{where}: data.root: {root} does not exist on this host; give the dataset's root "
                               f"(a {dataset} layout), or generate one (`synthetic_data:` in the sweep file)")
         try:
-            cache[ident] = len(build_dataset(dataset, ident[1], split))
+            data = build_dataset(dataset, ident[1], split)
+            check_split(data, decode=decode, desc=f"[sweep] decoding split {split} of {root}")
+            cache[ident] = len(data)
         except DataError as exc:
             raise ConfigError(f"{where}: {key}: {split!r}: {exc}") from None
     return cache[ident]
 
 
-def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = (), allow_large: bool = False) -> SweepSpec:
+def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = (), allow_large: bool = False,
+               check_data: bool = False) -> SweepSpec:
     """Read, expand and validate a sweep file; raises one ConfigError naming the file and the key. A grid of
-    more than ``MAX_TRIALS`` trials is refused unless ``allow_large``."""
+    more than ``MAX_TRIALS`` trials is refused unless ``allow_large``. The dataset's listed files are checked
+    for presence; ``check_data`` (``--check-data``) also decodes every image and mask. The validated trials are
+    kept on the spec (``plan_sweep`` uses them)."""
     path = Path(path)
     raw = apply_overrides(load_yaml(path), list(overrides))
     where = str(path)
@@ -477,7 +519,12 @@ def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = (), al
         sizes = " × ".join(f"{a.name} {len(a.values)}" for a in axes)
         raise ConfigError(f"{where}: axes: {sizes} = {count} trials, more than {MAX_TRIALS}; pass --allow-large "
                           "to plan or run a grid this large (validating and planning it takes a while)")
-    validate_trials(spec)
+    if check_data and spec.synthetic_data is not None:
+        import sys
+
+        print(f"note: {where}: --check-data: the sweep generates its dataset (synthetic_data), there is nothing to "
+              "decode before it runs", file=sys.stderr)
+    spec.trials = validate_trials(spec, check_data=check_data)
     return spec
 
 

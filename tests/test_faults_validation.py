@@ -20,6 +20,7 @@ def _plan(path, capsys, *sets):
     return code, err
 
 
+FINAL = "base.final.enabled=true"
 CASES = [
     ("axes.seed=[0,-1]", ["seed=-1", "train.seed", "must be in 0..2**32-1", "got -1"]),
     ("base.optim.lr=.nan", ["optim.lr", "must be a finite number, got nan"]),
@@ -29,13 +30,22 @@ CASES = [
     ("base.train.batch_size=64", ["train.batch_size", "64 × 1 process(es)", "'train_aug' has only 16",
                                   "at most 16"]),
     ("base.cams.split=test", ["cams.split", "'test' is not a split", "train, train_aug, val"]),
+    # The optional final segmentation stage: its splits, batch and values, once enabled.
+    (f"{FINAL} base.final.split=test", ["final.split", "'test' is not a split", "train, train_aug, val"]),
+    (f"{FINAL} base.final.val_split=nope", ["final.val_split", "'nope' is not a split", "train, train_aug, val"]),
+    (f"{FINAL} base.final.batch_size=64", ["final.batch_size", "64 × 1 process(es)", "'train_aug' has only 16",
+                                           "at most 16"]),
+    (f"{FINAL} base.final.lr=.nan", ["final.lr", "must be a finite number, got nan"]),
+    (f"{FINAL} base.final.threshold=1.5", ["final.threshold", "must be in [0, 1] or 'best', got 1.5"]),
+    (f"{FINAL} axes.baseline=[amn] base.final.batch_size=2 base.final.split=val",
+     ["baseline=amn", "final.split", "'val' has no AMN seed labels", "valid: train_aug, train"]),
 ]
 
 
 @pytest.mark.parametrize("setting,expected", CASES, ids=[c[0] for c in CASES])
 def test_plan_rejects_what_a_trial_would(tmp_path, capsys, setting, expected):
     path = write_sweep(tmp_path / "s.yaml", tiny_sweep("v"))
-    code, err = _plan(path, capsys, setting)
+    code, err = _plan(path, capsys, *setting.split())
     assert code == 2 and str(path) in err, err
     for text in expected:
         assert text in err, (text, err)
@@ -105,3 +115,19 @@ def test_unwritable_work_dir_gives_one_message(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "Traceback" not in err and f"work dir {not_a_folder / 'work'}: cannot write there" in err
     assert "--workdir" in err
+
+
+def test_plan_validates_each_trial_once(tmp_path, monkeypatch):
+    """`load_sweep` validates the grid and keeps the trials; `plan_sweep` plans from them instead of validating
+    every trial a second time (measured on 5,000 trials: 31 s → 20 s for load + plan)."""
+    import launchers.spec as spec_module
+    from launchers.plan import plan_sweep
+
+    validated: list[str] = []
+    real = spec_module.run_config_from_dict
+    monkeypatch.setattr(spec_module, "run_config_from_dict",
+                        lambda data, where: validated.append(where) or real(data, where))
+    spec = spec_module.load_sweep(write_sweep(tmp_path / "s.yaml", tiny_sweep("v", axes={"seed": [0, 1, 2, 3]})))
+    plan = plan_sweep(spec, tmp_path / "work")
+    assert len(plan.trials) == 4
+    assert len(validated) == 1 + 4  # the base, then each trial once

@@ -37,6 +37,7 @@ class SegmentationDataset:
     transform: Transform | None
     cls_labels: dict | None = None
     cls_labels_path: Path | None = None
+    split_file: Path | None = None  # the file listing the split's ids (None: listed another way, e.g. a folder)
 
     def image_path(self, image_id: str) -> Path:
         raise NotImplementedError
@@ -103,21 +104,57 @@ class SegmentationDataset:
                                 f"class list or pass the matching class names")
 
     def validate(self) -> None:
-        """Check, before any training, that every listed image (and expected mask) exists."""
+        """Check, before any training, that every listed image (and expected mask) exists: one stat per file,
+        cheap enough for a submit host to run on every plan."""
         if not self.root.is_dir():
             raise DataError(f"{self.root}: dataset root not found (it existed when the dataset was opened)")
-        missing = []
+        missing: dict[str, list[str]] = {}  # image id -> its missing files
         for image_id in self.ids:
-            path = self.image_path(image_id)
-            if not path.is_file():
-                missing.append(str(path))
+            files = [self.image_path(image_id)]
             mask = self.mask_path(image_id)
-            if mask is not None and self.mask_expected(image_id) and not mask.is_file():
-                missing.append(str(mask))
+            if mask is not None and self.mask_expected(image_id):
+                files.append(mask)
+            lost = [str(path) for path in files if not path.is_file()]
+            if lost:
+                missing[image_id] = lost
         if missing:
-            shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
-            raise DataError(f"{self.root}: {len(missing)} file(s) listed in split {self.split!r} are missing: "
-                            f"{shown}; restore them or remove their ids from the split file")
+            shown = "; ".join(f"{image_id} ({', '.join(paths)})" for image_id, paths in list(missing.items())[:3])
+            more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+            files = sum(len(paths) for paths in missing.values())
+            raise DataError(f"{self.listing()}: {files} file(s) listed in split {self.split!r} are missing, for "
+                            f"{len(missing)} of {len(self.ids)} image ids: {shown}{more}; restore them or remove "
+                            f"their ids from the split file")
+
+    def listing(self) -> str:
+        """Where the split's ids come from, for messages: its split file, else the split of the root."""
+        return f"{self.split_file or self.root} (split {self.split!r})"
+
+
+def check_split(dataset: SegmentationDataset, decode: bool = False, desc: str | None = None) -> None:
+    """The dataset check that ``wsss data check`` and ``wsss sweep plan`` share: every listed file present (cheap)
+    and, with ``decode``, every image and mask read in full the way a trial reads it (a truncated image, a mask
+    with a class id outside 0..C and 255, a mask of another size), with progress on stderr. One DataError names
+    the first unusable file, why and what is valid, and how many listed ids have a problem."""
+    from ..progress import progress
+
+    if len(dataset) == 0:
+        raise DataError(f"{dataset.listing()}: the split lists no images")
+    dataset.validate()
+    if not decode:
+        return
+    bad: list[str] = []
+    first = ""
+    for index in progress(range(len(dataset)), desc=desc or f"reading {dataset.split}", total=len(dataset),
+                          unit="img"):
+        try:
+            dataset.load(index)
+        except DataError as exc:
+            first = first or str(exc)
+            bad.append(dataset.ids[index])
+    if bad:
+        more = "" if len(bad) == 1 else (f"; {len(bad)} of {len(dataset)} listed image ids are unusable: "
+                                         f"{', '.join(bad[:10])}{', ...' if len(bad) > 10 else ''}")
+        raise DataError(first + more)
 
 
 def read_mask_png(folder: str | Path, image_id: str, shape: tuple[int, int], what: str, hint: str) -> np.ndarray:

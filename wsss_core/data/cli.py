@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..errors import DataError
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     data = subparsers.add_parser("data", help="datasets: make the synthetic benchmark, COCO masks, checks",
@@ -71,15 +69,10 @@ def _run_coco_masks(args: argparse.Namespace) -> int:
 
 
 def _run_check(args: argparse.Namespace) -> int:
-    from ..progress import progress
     from . import build_dataset
+    from .base import check_split
 
     dataset = build_dataset(args.dataset, args.root, args.split)
-    dataset.validate()
-    if args.read:
-        for index in progress(range(len(dataset)), desc=f"reading {args.split}", total=len(dataset), unit="img"):
-            dataset.load(index)
-    if len(dataset) == 0:
-        raise DataError(f"{args.root}: split {args.split!r} is empty")
+    check_split(dataset, decode=args.read)
     print(f"{dataset!r}: ok ({'all files decoded' if args.read else 'all files present'})")
     return 0
