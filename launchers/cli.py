@@ -67,7 +67,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     wait.set_defaults(func=cmd_wait)
     cancel = sub.add_parser("cancel", help="cancel running or queued trials (all, or those named)")
     _common(cancel)
-    cancel.add_argument("trials", nargs="*", metavar="TRIAL", help="trial ids or unique prefixes (default: all)")
+    cancel.add_argument("trials", nargs="*", metavar="TRIAL", help="trial ids or unique prefixes (default: all); "
+                        "give them right after FILE: wsss sweep cancel FILE TRIAL ... --workdir W")
     cancel.set_defaults(func=cmd_cancel)
     logs = sub.add_parser("logs", help="the tail of a trial's job log (Slurm) or rank logs (local)")
     _common(logs)

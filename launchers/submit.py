@@ -185,7 +185,7 @@ def _run_planned(spec: SweepSpec, plan: SweepPlan, backend: Backend, opts: Submi
         follow.wait(follow_up, spec.name, stream, poll_s=max(opts.poll_s, 0.5), report_s=60.0)
     outcome.records = [layout.read_trial(t.record_path) or {} for t in plan.trials]
     outcome.waited = wait
-    if not wait:
+    if not wait and follow_up:
         print(follow_hint(plan), file=stream, flush=True)
     elif ctx is not None:
         follow.finish_tracking(ctx, outcome.ok, stream)
@@ -200,12 +200,12 @@ def backend_detached(launcher: str) -> bool:
 def follow_hint(plan: SweepPlan) -> str:
     """How to follow a sweep the submitter no longer watches."""
     spec = plan.spec
-    args = f"{spec.path} --workdir {plan.workdir}"
+    where = f"--workdir {plan.workdir}"
     return (f"[sweep] submitted; the trials run without this process. Follow them with\n"
-            f"  wsss sweep status {args}      where each trial is (the scheduler's view)\n"
-            f"  wsss sweep wait {args}        block until every trial has an outcome\n"
-            f"  wsss sweep logs {args} TRIAL  the tail of a trial's job log\n"
-            f"  wsss sweep cancel {args} [TRIAL ...]")
+            f"  wsss sweep status {spec.path} {where}              where each trial is (the scheduler's view)\n"
+            f"  wsss sweep wait {spec.path} {where}                block until every trial has an outcome\n"
+            f"  wsss sweep logs {spec.path} TRIAL {where}          the tail of a trial's job log\n"
+            f"  wsss sweep cancel {spec.path} [TRIAL ...] {where}  cancel (all, or the trials named)")
 
 
 def summary_line(outcome: SweepOutcome) -> str:
