@@ -4,6 +4,8 @@
 * :func:`stage_sink` — rank 0 of a trial stage: a :class:`StageSink` (the trainers' ``MetricsSink``) with
   ``log_eval`` for the threshold curve and artifacts; buffers locally when the store is unreachable.
 * :func:`sync_workdir` — ``wsss sync``: upload the local buffers, idempotently.
+* :func:`rebuild_workdir` — ``wsss sync --rebuild``: log every finished stage into a new or emptied store
+  from the stage folders (the submitter does it for its sweep when the store lost it).
 * ``wsss ui`` — the MLflow UI on the sweep store.
 
 Importing this package does not import mlflow (``wsss --help`` stays fast); the functions do.
@@ -17,6 +19,7 @@ __getattr__ = lazy_exports(globals(), {
                      "prepare_sweep_tracking", "search_runs_paged"), ".store"),
     **dict.fromkeys(("StageSink", "eval_metrics", "stage_sink"), ".sink"),
     **dict.fromkeys(("SyncStats", "sync_stage", "sync_workdir"), ".sync"),
+    **dict.fromkeys(("RebuildStats", "rebuild_workdir"), ".rebuild"),
 })
 
 
@@ -27,6 +30,6 @@ def overlay_grid(*args, **kwargs):
     return _overlay_grid(*args, **kwargs)
 
 
-__all__ = ["TrackingContext", "TrackingError", "StageSink", "SyncStats", "default_tracking_uri", "eval_metrics",
-           "finish_sweep_tracking", "overlay_grid", "prepare_sweep_tracking", "search_runs_paged", "stage_sink",
-           "sync_stage", "sync_workdir"]
+__all__ = ["TrackingContext", "TrackingError", "RebuildStats", "StageSink", "SyncStats", "default_tracking_uri",
+           "eval_metrics", "finish_sweep_tracking", "overlay_grid", "prepare_sweep_tracking", "rebuild_workdir",
+           "search_runs_paged", "stage_sink", "sync_stage", "sync_workdir"]

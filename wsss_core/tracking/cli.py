@@ -24,11 +24,17 @@ def register(subparsers) -> None:
     ui.add_argument("--port", type=int, default=5000, help="port (default 5000)")
     ui.set_defaults(func=run_ui)
 
-    sync = subparsers.add_parser("sync", help="upload tracking records buffered while MLflow was unreachable",
+    sync = subparsers.add_parser("sync", help="upload tracking records buffered while MLflow was unreachable "
+                                              "(--rebuild: refill a new or emptied store from the stage folders)",
                                  description="Upload every stage's tracking_buffer.jsonl under the work dir into "
-                                             "MLflow. Idempotent: runs, params and metric points (key, step) "
-                                             "already there are not logged again.")
+                                             "MLflow (metrics and params kept while the store was unreachable, "
+                                             "artifacts the artifact store refused). Idempotent: runs, params and "
+                                             "metric points (key, step) already there are not logged again.")
     _store_args(sync)
+    sync.add_argument("--rebuild", action="store_true",
+                      help="first log every finished stage of every sweep in the work dir from its stage folder "
+                           "(params, metrics, evaluation, artifacts), each sweep under its experiment and parent "
+                           "run: for a new, emptied or replaced store. Stages already there are skipped")
     sync.set_defaults(func=run_sync)
 
 
@@ -108,8 +114,15 @@ def run_sync(args: argparse.Namespace) -> int:
     from .sync import sync_workdir
 
     workdir = resolve_workdir(args.workdir)
+    if args.rebuild:
+        from .rebuild import rebuild_workdir
+
+        rebuilt = rebuild_workdir(workdir, tracking_uri=args.tracking_uri)
+        print(f"wsss sync --rebuild: {rebuilt.summary()}", flush=True)
     stats = sync_workdir(workdir, tracking_uri=args.tracking_uri)
     print(f"wsss sync: {stats.summary()}")
     for line in stats.unreachable:
         print(f"  not synced (store unreachable): {line}", file=sys.stderr)
-    return 1 if stats.unreachable or stats.refused else 0
+    for line in stats.deferred + stats.orphaned:
+        print(f"  not synced: {line}", file=sys.stderr)
+    return 1 if stats.left or (args.rebuild and rebuilt.buffered) else 0

@@ -8,7 +8,12 @@ threshold), summary metrics and artifacts.
 
 Tracking never fails a trial: when the store is unreachable the sink switches to its local record
 (``tracking_buffer.jsonl``, see :mod:`.record`) for the rest of its life, and ``wsss sync`` (or the next
-sink opened on the same stage) uploads it. Anything else MLflow refuses is reported on stderr and skipped.
+sink opened on the same stage) uploads it. An artifact upload the store refuses (its disk full, a write
+error) is kept in that record too, and retried at close and by ``wsss sync``: the files are never lost.
+Anything else MLflow refuses (a bad value, which retrying would not fix) is reported on stderr and skipped.
+
+A rebuild (:mod:`.rebuild`) logs a finished stage through this same sink, from its folder: ``log_history``
+replays ``metrics.jsonl``, ``log_eval`` takes ``eval.json`` and the overlay grid already drawn.
 """
 
 from __future__ import annotations
@@ -23,13 +28,15 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 import yaml
 
-from .record import StageRecord, now_ms
-from .store import (METRICS_PER_BATCH, TrackingContext, clean_key, client, flatten, git_commit, is_unreachable,
-                    log_params_once, param_value, server_reachable, tag_value)
+from .record import BUFFER_FILE, StageRecord, now_ms
+from .store import (METRICS_PER_BATCH, TrackingContext, clean_key, client, find_run, flatten, git_commit,
+                    is_unreachable, log_params_once, param_value, server_reachable, tag_value)
 
 STATUS = {"running": "RUNNING", "finished": "FINISHED", "failed": "FAILED", "killed": "KILLED"}
 TRACKING_ARTIFACTS = "tracking_artifacts"
 EVAL_ARTIFACT_PATH = "eval"
+EVAL_FILES = ("eval.json", "eval.csv", "threshold_curve.png")
+OVERLAYS_FILE = "overlays.png"
 OVERLAY_IMAGES = 4
 
 
@@ -98,7 +105,11 @@ def boundary_suffixes(threshold: float | None, best_threshold: float | None) -> 
 
 
 def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return _number(value) and math.isfinite(value)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _warn(message: str) -> None:
@@ -129,10 +140,11 @@ class StageSink:
         entry = self.record.run_entry(ctx.parent_run_id) or {}
         self.uid = entry.get("uid") or uuid.uuid4().hex
         self.run_id = entry.get("run_id")
-        if not entry:
+        if not entry:  # git_commit: the code that ran the stage, which a rebuild cannot know otherwise
             self.record.save_run_entry(ctx.parent_run_id, {"uid": self.uid, "run_id": None, "stage": stage,
                                                            "experiment_id": ctx.experiment_id,
-                                                           "tracking_uri": ctx.tracking_uri})
+                                                           "tracking_uri": ctx.tracking_uri,
+                                                           "git_commit": self.tags.get("git_commit")})
         self._open()
         nested = dict(params or {})
         if nested:
@@ -167,9 +179,10 @@ class StageSink:
                 sync_stage(self.record, quiet=True, raise_unreachable=True)
                 self.run_id = (self.record.run_entry(self.ctx.parent_run_id) or {}).get("run_id")
             if self.run_id is not None:
-                run = self._client.get_run(self.run_id)
-                if run.info.lifecycle_stage == "deleted":
-                    _warn(f"{self.stage_dir}: run {self.run_id} was deleted; starting a new one")
+                run = find_run(self._client, self.run_id)
+                if run is None or run.info.lifecycle_stage == "deleted":
+                    gone = "was deleted" if run is not None else "is not in the store (emptied or replaced?)"
+                    _warn(f"{self.stage_dir}: run {self.run_id} {gone}; starting a new one")
                     self.run_id = None
                 else:
                     self.resumed = True
@@ -206,16 +219,23 @@ class StageSink:
     def _buffer(self, kind: str, **payload: Any) -> None:
         self.record.append(self.ctx.parent_run_id, kind, uri=self.ctx.tracking_uri, **payload)
 
-    def _call(self, what: str, action: Callable[[], None], kind: str, **payload: Any) -> None:
-        """Run ``action`` against MLflow; unreachable → buffer ``payload`` from now on; refused → warn."""
+    def _call(self, what: str, action: Callable[[], None], kind: str, keep_refused: bool = False,
+              **payload: Any) -> None:
+        """Run ``action`` against MLflow; unreachable → buffer ``payload`` from now on; refused → warn, and
+        with ``keep_refused`` (artifacts: a full or failing artifact store) buffer this one call for a retry."""
         if not self.offline:
             try:
                 action()
                 return
             except Exception as exc:  # noqa: BLE001
                 if not is_unreachable(exc):
-                    _warn(f"{self.stage_dir}: run {self.run_id}: MLflow refused {what}: {type(exc).__name__}: "
-                          f"{str(exc).splitlines()[0] if str(exc) else ''}")
+                    reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                    if not keep_refused:
+                        _warn(f"{self.stage_dir}: run {self.run_id}: MLflow refused {what}: {reason}")
+                        return
+                    _warn(f"{self.stage_dir}: run {self.run_id}: uploading {what} failed ({reason}); kept in "
+                          f"{BUFFER_FILE}, retried when the stage ends and by `wsss sync`")
+                    self._buffer(kind, **payload)
                     return
                 self._go_offline(f"{type(exc).__name__} while logging {what}")
         self._buffer(kind, **payload)
@@ -267,9 +287,12 @@ class StageSink:
         self._call(f"status {status}", action, "status", status=status, error=error)
 
     # -- evaluation and artifacts ------------------------------------------------------------------------
-    def log_eval(self, result: dict, eval_dir: str | Path | None = None, overlays: bool = True) -> None:
+    def log_eval(self, result: dict, eval_dir: str | Path | None = None, overlays: bool = True,
+                 drawn_overlays: bool = False) -> None:
         """The evaluation of this stage: threshold curves, summary metrics, eval.json / eval.csv /
-        threshold_curve.png from ``eval_dir`` and an image / CAM / pseudo-label / ground-truth grid."""
+        threshold_curve.png from ``eval_dir`` and an image / CAM / pseudo-label / ground-truth grid.
+        ``drawn_overlays``: log the grid already in ``eval_dir`` (if any) instead of drawing it: a rebuild
+        must not rewrite a finished stage's outputs."""
         series, summary, scale = eval_metrics(result)
         protocol = result.get("protocol")
         self.set_tags({"threshold_step_scale": scale, "eval_split": result.get("split"),
@@ -282,9 +305,12 @@ class StageSink:
         paths: list[Path] = []
         if eval_dir is not None:
             eval_dir = Path(eval_dir)
-            paths = [eval_dir / n for n in ("eval.json", "eval.csv", "threshold_curve.png") if (eval_dir / n).is_file()]
-            if overlays and (result.get("source") or {}).get("kind") == "cams" and _finite(summary.get("best_threshold")):
-                grid = self._overlays(result, summary["best_threshold"], eval_dir / "overlays.png")
+            paths = [eval_dir / n for n in EVAL_FILES if (eval_dir / n).is_file()]
+            if drawn_overlays:
+                paths += [eval_dir / OVERLAYS_FILE] if overlays and (eval_dir / OVERLAYS_FILE).is_file() else []
+            elif overlays and (result.get("source") or {}).get("kind") == "cams" and \
+                    _finite(summary.get("best_threshold")):
+                grid = self._overlays(result, summary["best_threshold"], eval_dir / OVERLAYS_FILE)
                 if grid is not None:
                     paths.append(grid)
         if paths:
@@ -313,25 +339,48 @@ class StageSink:
         def action():
             upload_artifacts(self._client, self.run_id, paths, artifact_path)
 
-        self._call("artifacts", action, "artifacts", paths=paths, artifact_path=artifact_path)
+        self._call("artifacts", action, "artifacts", keep_refused=True, paths=paths, artifact_path=artifact_path)
+
+    def log_history(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Log a recorded metric history (``metrics.jsonl`` lines: ``{"step", "time", **metrics}``) in
+        batches, as a rebuild replays a finished stage; the first value of a (key, step) counts, as in a run.
+        The local sink is not told: the history is its own record."""
+        points: dict[str, list[tuple[int, float]]] = {}
+        seen: set[tuple[str, int]] = set()
+        for row in rows:
+            step = row.get("step")
+            if not _finite(step):
+                continue
+            for key, value in row.items():
+                name = clean_key(key)
+                if key in ("step", "time") or not _number(value) or (name, int(step)) in seen:  # NaN: as logged
+                    continue
+                seen.add((name, int(step)))
+                points.setdefault(name, []).append((int(step), float(value)))
+        self._log_points(points)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         values = {clean_key(k): tag_value(v) for k, v in tags.items()}
         self._call("tags", lambda: self._set_tags_online(values), "tags", tags=values)
 
     def close(self) -> None:
-        """Nothing is held open; if the store was unreachable, try once more to upload the local record."""
+        """Nothing is held open; what the local record holds (the store was unreachable, or the artifact store
+        refused a file) is uploaded once more now, and what is still left is named with `wsss sync`."""
         if self._closed:
             return
         self._closed = True
-        if self.offline and server_reachable(self.ctx.tracking_uri):
-            try:
-                from .sync import sync_stage
+        if not self.record.has_pending() or not server_reachable(self.ctx.tracking_uri):
+            return
+        try:
+            from .sync import sync_stage
 
-                sync_stage(self.record, quiet=True, raise_unreachable=True)
-                self.offline = False
-            except Exception as exc:  # noqa: BLE001
-                _warn(f"{self.stage_dir}: upload at close failed ({type(exc).__name__}); run `wsss sync` later")
+            stats = sync_stage(self.record, quiet=True, raise_unreachable=True)
+            self.offline = False
+        except Exception as exc:  # noqa: BLE001
+            _warn(f"{self.stage_dir}: upload at close failed ({type(exc).__name__}); run `wsss sync` later")
+            return
+        for line in stats.deferred + stats.orphaned:
+            _warn(f"{line}; left in {BUFFER_FILE} for `wsss sync`")
 
     def __enter__(self) -> "StageSink":
         return self

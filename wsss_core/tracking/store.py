@@ -234,18 +234,30 @@ def ensure_experiment(uri: str, name: str, artifact_location: str | None = None)
 
 def prepare_sweep_tracking(sweep_name: str, tracking_uri: str | None, workdir: str | Path,
                            params: Mapping[str, Any] | None = None,
-                           tags: Mapping[str, Any] | None = None) -> TrackingContext:
+                           tags: Mapping[str, Any] | None = None, rebuild_lost: bool = True) -> TrackingContext:
     """Initialise the store, the sweep's experiment ``wsss/<sweep_name>`` and its parent run, once.
 
     Called by the submitter before any trial starts. The parent run id is kept in
     ``<workdir>/sweeps/<sweep_name>/tracking.json`` (per tracking URI), so a resubmission reuses it.
     ``params`` (flattened to dotted keys) and ``tags`` go on the parent run.
+
+    A store that lost the sweep (emptied or replaced: the recorded parent run, or a recorded stage run, is not
+    in it; one lookup each), or one the sweep never logged into although it has trial records (a new store,
+    a moved work dir), would otherwise get a new parent run while the finished stages, never run again, were
+    never logged into it. With ``rebuild_lost`` the sweep's finished stages are logged into it from the stage
+    folders (:mod:`.rebuild`), with a message on stderr; the other sweeps of the work dir are named with the
+    command that rebuilds them (``wsss sync --rebuild``).
     """
     workdir = Path(workdir)
     uri = resolve_tracking_uri(tracking_uri, workdir)
     # Concurrent submitters: one at a time creates or migrates the store, the experiment and the parent run.
     with layout.file_lock(store_lock_path(uri, workdir, sweep_name)):
-        return _prepare_sweep_tracking(sweep_name, uri, workdir, params, tags)
+        ctx, lost = _prepare_sweep_tracking(sweep_name, uri, workdir, params, tags)
+    if lost and rebuild_lost:
+        from .rebuild import rebuild_lost_sweep  # outside the store lock: other sweeps' submitters go on
+
+        rebuild_lost_sweep(ctx, workdir, lost)
+    return ctx
 
 
 def store_lock_path(uri: str, workdir: Path, sweep_name: str) -> Path:
@@ -256,7 +268,8 @@ def store_lock_path(uri: str, workdir: Path, sweep_name: str) -> Path:
 
 
 def _prepare_sweep_tracking(sweep_name: str, uri: str, workdir: Path, params: Mapping[str, Any] | None,
-                            tags: Mapping[str, Any] | None) -> TrackingContext:
+                            tags: Mapping[str, Any] | None) -> tuple[TrackingContext, str | None]:
+    """(the context, why the store lost this sweep's runs or None)."""
     init_store(uri)
     artifact_location = None
     if sqlite_path(uri) is not None:
@@ -268,16 +281,24 @@ def _prepare_sweep_tracking(sweep_name: str, uri: str, workdir: Path, params: Ma
     stores = record.get("stores", {})
     known = stores.get(uri, {})
     mlflow_client = client(uri)
-    parent_run_id = known.get("parent_run_id") if known.get("experiment_id") == experiment_id else None
+    parent_run_id, lost = known.get("parent_run_id"), None
     if parent_run_id is not None:
         try:
-            run = mlflow_client.get_run(parent_run_id)
-            if run.info.lifecycle_stage == "deleted" or run.info.experiment_id != experiment_id:
-                parent_run_id = None
+            run = find_run(mlflow_client, parent_run_id)
         except Exception as exc:  # noqa: BLE001
             if is_unreachable(exc):
                 raise TrackingError(f"tracking store {uri} is unreachable: {exc}") from exc
+            run = None
+        if run is None:
+            lost = f"it no longer holds the sweep's parent run {parent_run_id} (emptied or replaced?)"
             parent_run_id = None
+        elif run.info.lifecycle_stage == "deleted" or run.info.experiment_id != experiment_id:
+            parent_run_id = None  # deleted (or moved) in MLflow on purpose: a new parent run, nothing re-logged
+        else:
+            lost = _lost_stage_run(mlflow_client, workdir, sweep_name, parent_run_id)
+    elif any(layout.trials_dir(workdir, sweep_name).glob("*.json")):
+        lost = ("it holds no run of this sweep, which has trial records (a new store, another --tracking-uri, a "
+                "moved work dir, or runs with --no-tracking)")
     all_tags = {"sweep": sweep_name, "wsss.role": "sweep", "host": socket.gethostname(),
                 **({"git_commit": git_commit()} if git_commit() else {}), **dict(tags or {})}
     all_tags["wsss.workdir"] = str(workdir.resolve())
@@ -296,7 +317,45 @@ def _prepare_sweep_tracking(sweep_name: str, uri: str, workdir: Path, params: Ma
     record_path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(record_path, {"sweep": sweep_name, "stores": stores})
     return TrackingContext(tracking_uri=uri, experiment_id=experiment_id, parent_run_id=parent_run_id,
-                           sweep_name=sweep_name)
+                           sweep_name=sweep_name), lost
+
+
+def _lost_stage_run(mlflow_client, workdir: Path, sweep_name: str, parent_run_id: str) -> str | None:
+    """Whether the store lost a stage run of the sweep although its parent run is there (an older copy of
+    the store put back): one lookup, of a stage run named by the trial record written last (the runs an
+    older copy lacks are the newest)."""
+    paths = list(layout.trials_dir(workdir, sweep_name).glob("*.json"))
+    newest = max(paths, key=_mtime, default=None)
+    tracking = (layout.read_trial(newest) or {}).get("tracking") if newest is not None else None
+    if not isinstance(tracking, dict) or tracking.get("parent_run_id") != parent_run_id:
+        return None
+    run_ids = tracking.get("run_ids")
+    for stage, run_id in (run_ids.items() if isinstance(run_ids, dict) else ()):
+        if isinstance(run_id, str) and run_id:
+            try:
+                found = find_run(mlflow_client, run_id)
+            except Exception:  # noqa: BLE001 - a probe: the sweep's own calls report a store that fails
+                return None
+            return None if found is not None else \
+                f"it no longer holds the run {run_id} of stage {stage} of trial {newest.stem} (an older copy put back?)"
+    return None
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def find_run(mlflow_client, run_id: str):
+    """The run ``run_id``, or None when the store has no such run (emptied or replaced); other errors raise."""
+    try:
+        return mlflow_client.get_run(run_id)
+    except Exception as exc:  # noqa: BLE001 - MlflowException / RestException, by error code
+        if getattr(exc, "error_code", None) == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
 
 
 def finish_sweep_tracking(ctx: TrackingContext, status: str = "FINISHED") -> None:

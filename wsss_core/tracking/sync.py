@@ -5,6 +5,13 @@ no run id is known for the stage (and none carries its ``wsss.stage_uid`` tag), 
 skipped, metric points whose (key, step) the run already has are skipped, and the entries done are marked
 in ``tracking_buffer.synced``. A sync that dies half-way (or a server that drops again) leaves a state the
 next sync completes.
+
+Three things stop a stage's replay at the entry concerned and leave it (and the entries after it) for the
+next sync, since retrying later can succeed: the store is unreachable; an artifact upload fails (the
+artifact store is full or refuses the write: the files stay, nothing is lost); the entry's sweep parent run
+is not in the store (the store was emptied or replaced, or ``--tracking-uri`` names another store: logging
+there would put the run in whatever experiment now has its id; ``wsss sync --rebuild`` logs the stage from
+its folder instead). What the store refuses for good (a bad value) is reported and skipped.
 """
 
 from __future__ import annotations
@@ -15,10 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from .record import StageRecord, find_stage_records
-from .store import TrackingError, client, is_unreachable, log_params_once, server_reachable
-from .sink import log_points, upload_artifacts
-
-STATUS = {"running": "RUNNING", "finished": "FINISHED", "failed": "FAILED", "killed": "KILLED"}
+from .store import TrackingError, client, find_run, is_unreachable, log_params_once, server_reachable
+from .sink import STATUS, log_points, upload_artifacts
 
 
 @dataclass
@@ -33,12 +38,19 @@ class SyncStats:
     artifacts: int = 0
     refused: list[str] = field(default_factory=list)
     unreachable: list[str] = field(default_factory=list)
+    deferred: list[str] = field(default_factory=list)  # artifact uploads that failed again: kept for later
+    orphaned: list[str] = field(default_factory=list)  # entries whose sweep parent run is not in the store
 
     def add(self, other: "SyncStats") -> None:
         for name in ("stages", "entries", "runs_created", "metric_points", "metric_points_present", "artifacts"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
-        self.refused += other.refused
-        self.unreachable += other.unreachable
+        for name in ("refused", "unreachable", "deferred", "orphaned"):
+            getattr(self, name).extend(getattr(other, name))
+
+    @property
+    def left(self) -> bool:
+        """Whether something is still to upload (or was refused): `wsss sync` then exits 1."""
+        return bool(self.refused or self.unreachable or self.deferred or self.orphaned)
 
     def summary(self) -> str:
         text = (f"{self.stages} stage(s) with pending entries, {self.entries} entries uploaded: "
@@ -48,11 +60,23 @@ class SyncStats:
             text += f"; {len(self.refused)} refused"
         if self.unreachable:
             text += f"; {len(self.unreachable)} stage(s) left for later: store unreachable"
+        if self.deferred:
+            text += f"; {len(self.deferred)} stage(s) left for later: artifact upload failed"
+        if self.orphaned:
+            text += f"; {len(self.orphaned)} stage(s) left: their sweep's parent run is not in the store"
         return text
 
 
 class _Unreachable(Exception):
     pass
+
+
+class _LeftForLater(Exception):
+    """Stop this stage's replay here; the entry stays pending (``kind``: the SyncStats list it goes to)."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
 
 
 class _Replay:
@@ -63,6 +87,7 @@ class _Replay:
         self.clients: dict[str, Any] = {}
         self.present: dict[str, dict[str, set[int]]] = {}  # run id -> key -> steps in MLflow
         self.params: dict[str, dict[str, str]] = {}
+        self.parents: set[tuple[str, str]] = set()  # (uri, parent run id) found in the store
 
     def client_for(self, entry: dict) -> tuple[str, Any]:
         uri = self.override or entry.get("uri") or (entry.get("ctx") or {}).get("tracking_uri")
@@ -100,8 +125,20 @@ class _Replay:
             per_run[key] = {m.step for m in mlflow_client.get_metric_history(run_id, key)}
         return per_run[key]
 
+    def check_parent(self, uri: str, entry: dict, mlflow_client) -> None:
+        parent = entry.get("parent")
+        if not parent or (uri, parent) in self.parents:
+            return
+        if find_run(mlflow_client, parent) is None:
+            raise _LeftForLater("orphaned", f"{self.record.dir}: entry {entry.get('seq')} belongs to sweep parent run "
+                                            f"{parent}, which store {uri} does not hold (emptied or replaced, or "
+                                            "another --tracking-uri?); `wsss sync --rebuild` logs the stage from "
+                                            "its folder")
+        self.parents.add((uri, parent))
+
     def apply(self, entry: dict) -> None:
-        _, mlflow_client = self.client_for(entry)
+        uri, mlflow_client = self.client_for(entry)
+        self.check_parent(uri, entry, mlflow_client)
         run_id = self.run_id(entry, mlflow_client)
         kind = entry["kind"]
         if run_id is None:
@@ -152,7 +189,14 @@ class _Replay:
             gone = sorted(set(entry["paths"]) - set(paths))
             if gone:
                 self.refuse(entry, f"artifact files no longer exist: {', '.join(gone)}")
-            upload_artifacts(mlflow_client, run_id, paths, entry.get("artifact_path"))
+            try:
+                upload_artifacts(mlflow_client, run_id, paths, entry.get("artifact_path"))
+            except Exception as exc:  # noqa: BLE001 - the artifact store is full or fails: retry later
+                if is_unreachable(exc):
+                    raise
+                raise _LeftForLater("deferred", f"{self.record.dir}: entry {entry.get('seq')}: uploading "
+                                                f"{len(paths)} artifact(s) failed: {type(exc).__name__}: "
+                                                f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
             self.stats.artifacts += len(paths)
         else:
             raise TrackingError(f"{self.record.buffer_path}: entry {entry.get('seq')} has unknown kind {kind!r}; "
@@ -184,6 +228,11 @@ def sync_stage(record: StageRecord | str | Path, tracking_uri: str | None = None
                 stats.unreachable.append(str(record.dir))
                 if raise_unreachable:
                     raise TrackingError(f"{record.dir}: tracking store {exc} is unreachable") from None
+                return stats
+            except _LeftForLater as exc:
+                getattr(stats, exc.kind).append(str(exc))
+                if not quiet:
+                    print(f"wsss sync: {exc}", file=sys.stderr)
                 return stats
             except Exception as exc:  # noqa: BLE001
                 if is_unreachable(exc):
