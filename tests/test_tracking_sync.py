@@ -79,3 +79,33 @@ def test_sync_is_complete_and_idempotent(tmp_path):
 
     # and a further sync has nothing left to do
     assert sync_workdir(workdir, tracking_uri=ctx.tracking_uri).entries == 0
+
+
+def test_entries_of_a_parent_run_the_store_lacks_stay_pending(tmp_path, capsys):
+    """A store that does not hold an entry's sweep parent run (emptied, replaced, or another --tracking-uri):
+    nothing is logged there (the run would land in whatever experiment now has that id), the entries stay
+    for a later sync, and the message names `wsss sync --rebuild`."""
+    os.environ["WSSS_PROGRESS"] = "0"
+    workdir = tmp_path / "work"
+    initialised_sqlite_store(workdir / "mlflow.db")
+    other = initialised_sqlite_store(tmp_path / "other" / "mlflow.db")
+    data = generate_synthetic_voc(tmp_path / "data", n_train=4, n_val=1, n_aug_extra=0, size=40, show_progress=False)
+    trial = fake_sweep(workdir, "lacks", data, baselines=("cam",), addon_settings={"none": ([], None)}, seeds=(0,))[0]
+    ctx = prepare_sweep_tracking("lacks", None, workdir)
+    offline = stage_sink(replace(ctx, tracking_uri=closed_port_uri()), trial.stage_dirs["eval"], "eval",
+                         {"trial_id": trial.trial_id})
+    offline.log_eval(trial.result, trial.eval_dir)
+    offline.set_status("finished")
+    record = StageRecord(trial.stage_dirs["eval"])
+    pending = len(record.pending())
+
+    assert wsss(["sync", "--workdir", str(workdir), "--tracking-uri", other]) == 1
+    captured = capsys.readouterr()
+    assert "their sweep's parent run is not in the store" in captured.out
+    assert ctx.parent_run_id in captured.err and "wsss sync --rebuild" in captured.err
+    assert len(record.pending()) == pending
+    elsewhere = client(other)
+    assert elsewhere.search_runs([e.experiment_id for e in elsewhere.search_experiments()]) == []
+
+    stats = sync_workdir(workdir, tracking_uri=ctx.tracking_uri)
+    assert stats.runs_created == 1 and not stats.left and not record.pending()

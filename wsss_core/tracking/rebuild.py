@@ -75,7 +75,7 @@ class RebuildStats:
         if self.not_finished:
             text += f", {self.not_finished} not finished"
         if self.damaged:
-            text += f", {len(self.damaged)} damaged (recomputed by the next `wsss sweep run`)"
+            text += f", {len(self.damaged)} damaged (`wsss sweep run` recomputes them)"
         if self.buffered:
             text += f", {self.buffered} kept locally (store unreachable: `wsss sync` uploads them)"
         return text
