@@ -7,6 +7,7 @@ tracking and launcher layers use it too.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -17,6 +18,41 @@ from typing import Any
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        _write_and_replace(path, data)
+    except OSError as exc:
+        # A full disk: a record (stage.json, a trial record) must still be able to say why its stage failed. The
+        # old file's blocks are allocated already, so it is overwritten in place when the new bytes fit in them:
+        # not atomic, but a record cut short by a crash is read as damaged and rebuilt from the stage store.
+        if exc.errno == errno.ENOSPC and _overwrite_in_place(path, data):
+            return
+        if exc.filename is None:  # a failed write names no file: name the one this was
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
+        raise
+
+
+def _overwrite_in_place(path: Path, data: bytes) -> bool:
+    """Write ``data`` over ``path`` within the blocks it holds; False when it does not fit (nothing written) or
+    the write failed (the file may then be cut short: a damaged record)."""
+    try:
+        if len(data) > path.stat().st_blocks * 512:
+            return False
+        fd = os.open(path, os.O_WRONLY)
+    except OSError:
+        return False
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.ftruncate(fd, len(data))
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
+def _write_and_replace(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide results from other users of a shared cluster

@@ -113,6 +113,12 @@ def prepare_workdir(workdir: Path) -> None:
     except OSError as exc:  # read-only, not a folder, full: before any trial is claimed or started
         raise ConfigError(f"work dir {workdir}: cannot write there ({type(exc).__name__}: {exc.strerror or exc}); "
                           "give a writable folder with --workdir (or $WSSS_WORKDIR)") from None
+    # A work dir made by another user: layout.json is there already, so nothing above wrote; its folders must be
+    # writable too, or the submitter fails half-way.
+    for folder in (Path(workdir), Path(workdir) / "sweeps", stages_root(workdir)):
+        if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
+            raise ConfigError(f"work dir {workdir}: cannot write in {folder} (PermissionError: Permission denied); "
+                              "give a writable folder with --workdir (or $WSSS_WORKDIR)")
 
 
 # -- locks ----------------------------------------------------------------------------------------------

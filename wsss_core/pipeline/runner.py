@@ -9,6 +9,7 @@ trial's record. A rerun *resumes*: finished stages are skipped, a training conti
 
 from __future__ import annotations
 
+import errno
 import sys
 import time
 import traceback
@@ -92,9 +93,12 @@ def run_stage(trial: "TrialSpec", stage: "StageSpec", cfg: "RunConfig", env: "Di
         if defn.distributed or env.is_main:
             summary = defn.run(_stage_run(trial, stage, defn, cfg, env, sink)) or {}
     except Exception as exc:
-        error = _error_line(exc)
+        error = _stage_error(exc, sdir)
         if env.is_main and not isinstance(exc, WsssError):
-            traceback.print_exc()
+            try:
+                traceback.print_exc()
+            except OSError:  # the log on a full disk: the error still reaches the records
+                pass
     if not defn.distributed:
         error = broadcast_object(env, error)  # rank 0's outcome is everyone's
     if env.is_main:
@@ -109,7 +113,11 @@ def run_stage(trial: "TrialSpec", stage: "StageSpec", cfg: "RunConfig", env: "Di
         if not error and env.world_size == 1:
             record["outputs"] = integrity.output_manifest(sdir)  # what a later reuse checks is still there
         _end_sink(sink, error)  # every stage's run ends FINISHED or FAILED, whatever its own code set
-        layout.write_stage(sdir, record)
+        try:
+            layout.write_stage(sdir, record)
+        except OSError as exc:  # e.g. a full disk: the stage's own error must still reach the trial record
+            error = (f"{error}; " if error else "") + f"its {layout.STAGE_RECORD} could not be written " \
+                                                      f"({_stage_error(exc, sdir)})"
         lock.release()
         _close_sink(sink)
     if error:
@@ -260,6 +268,16 @@ def _close_sink(sink: Any) -> None:
             close()
         except Exception as exc:  # tracking must never fail a finished stage
             print(f"[sweep] warning: closing the tracking run failed: {exc}", file=sys.stderr)
+
+
+def _stage_error(exc: BaseException, sdir: Path) -> str:
+    """The error line of a stage; a full disk that names no file (reported when a write is flushed, not at open)
+    gets the stage folder it was writing in and what to do."""
+    line = _error_line(exc)
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        line += f" (writing in {sdir}; free space there and run again)" if exc.filename is None \
+            else " (free space there and run again)"
+    return line
 
 
 def _error_line(exc: BaseException) -> str:

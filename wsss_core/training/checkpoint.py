@@ -46,11 +46,52 @@ def restore_rng(state: dict[str, Any], addons: list[Any]) -> None:
         addon.load_state_dict(addon_state)
 
 
+class _WriteErrorKeeper:
+    """The file object ``torch.save`` writes through, keeping the OSError of a failed write: torch's zip writer turns
+    it into an "unexpected pos" RuntimeError that names neither the cause (e.g. a full disk) nor the file."""
+
+    def __init__(self, handle: Any):
+        self.handle = handle
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as handle:
+            writer = _WriteErrorKeeper(handle)
+            try:
+                torch.save(state, writer)
+            except RuntimeError:
+                if writer.error is None:
+                    raise
+                raise writer.error from None
+        os.replace(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)  # a partial file would keep the space the stage's records still need
+        if isinstance(exc, OSError) and exc.filename is None:  # a failed write names no file: name the checkpoint
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
+        raise
+
+
+def _redo_advice(run_dir: str | Path) -> str:
+    """What recovers from a damaged or missing checkpoint, in a sweep and for ``wsss train`` alike. Deleting the file
+    alone is not enough everywhere: a stage recorded finished before its outputs were recorded would still be
+    reused without it. Without its folder, the stage store recomputes the stage (and the stages after it) and an
+    unfinished training starts from step 0."""
+    return (f"delete its run folder (`rm -r {run_dir}`) and run again: that training is redone from the start "
+            f"(and, in a sweep, the stages after it)")
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -58,13 +99,16 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         # Our own file: it carries numpy/python RNG states, which the weights-only unpickler refuses.
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # a truncated or foreign file
-        raise TrainingError(f"{path}: cannot read checkpoint: {exc}; delete it or use --resume never") from None
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise TrainingError(f"{path}: cannot read checkpoint, it is damaged ({reason}); "
+                            f"{_redo_advice(Path(path).parent.parent)}") from None
 
 
 def load_model_weights(run_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The trained model's state dict and the checkpoint's metadata (step, stage key)."""
     path = checkpoint_path(run_dir)
     if not path.is_file():
-        raise TrainingError(f"{path}: no trained model in run dir {run_dir}; run `wsss train` first")
+        raise TrainingError(f"{path}: no trained model in run dir {run_dir}; train it first (`wsss train --run-dir "
+                            f"{run_dir}`), or, if a sweep's stage left it, {_redo_advice(run_dir)}")
     state = load_checkpoint(path)
     return state["model"], {k: state.get(k) for k in ("step", "total_steps", "stage_key", "finished")}
