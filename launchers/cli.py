@@ -185,7 +185,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
     spec, plan = _planned(args)
     chosen = select(plan.trials, args.trials, "wsss sweep cancel")
-    count = cancel(chosen, sys.stdout)
+    count = cancel(chosen, sys.stdout, every=plan.trials)
     print(f"[cancel] {spec.name}: {count} trial(s) cancelled; `wsss sweep run --retry-failed` reruns them")
     return 0
 

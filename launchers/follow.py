@@ -1,9 +1,9 @@
 """Following a submitted sweep from the scheduler's truth: ``wsss sweep status|wait|cancel|logs``.
 
-Each command reads the trial records, asks the scheduler once about every Slurm job that owns a trial
-(:mod:`launchers.scheduler`), and reconciles the two: a trial whose job ended without recording an outcome
-(out of memory, node failure, ``scancel``, time limit) is recorded as failed with the scheduler's state and
-reason, so ``wsss sweep run --retry-failed`` reruns it. Finished means finished in the stage store
+Each command reads the trial records, asks the scheduler once about every Slurm job or Ray job that owns a
+trial (:mod:`launchers.scheduler`), and reconciles the two: a trial whose job ended without recording an
+outcome (out of memory, node failure, ``scancel``, time limit, a stopped Ray job) is recorded as failed with
+the scheduler's state and reason, so ``wsss sweep run --retry-failed`` reruns it. Finished means finished in the stage store
 (:func:`wsss_core.pipeline.runner.refresh_record`), not just in a record.
 """
 
@@ -23,7 +23,7 @@ from wsss_core.pipeline import TrialSpec, layout
 from wsss_core.pipeline.runner import refresh_record
 
 from . import records
-from .scheduler import JobState, cancel_slurm
+from .scheduler import JobState, cancel_slurm, ray_job_logs, stop_ray_job
 
 ACTIVE = ("pending", "running")
 
@@ -34,7 +34,7 @@ class TrialView:
 
     trial_id: str
     state: str            # pending, running, finished, failed
-    active: bool          # an owner (process, Slurm job) still answers for it
+    active: bool          # an owner (process, Slurm job, Ray job) still answers for it
     where: str            # e.g. "slurm job 12_3 PENDING (reason Resources)", "local pid 812 on host"
     stage: str | None     # the stage it is in (running) or failed in
     note: str | None      # the error, or why it waits
@@ -60,7 +60,7 @@ def _where(record: dict[str, Any], job: JobState | None, active: bool) -> str:
         return job.describe()
     scheduler = record.get("scheduler") or {}
     if scheduler.get("job_id"):
-        return f"slurm job {scheduler['job_id']} {scheduler.get('state')}"
+        return f"{scheduler.get('scheduler', 'slurm')} job {scheduler['job_id']} {scheduler.get('state')}"
     if owner.get("launcher") == "slurm" and owner.get("job_id"):
         return f"slurm job {owner['job_id']}"
     if record.get("state") in ACTIVE and owner:
@@ -72,7 +72,7 @@ def _where(record: dict[str, Any], job: JobState | None, active: bool) -> str:
 
 
 def reconcile(trials: list[TrialSpec]) -> list[TrialView]:
-    """Each trial's view, after recording every Slurm job that ended without its trial's outcome."""
+    """Each trial's view, after recording every job that ended without its trial's outcome."""
     raw = [layout.read_trial(t.record_path) for t in trials]
     jobs = records.sweep_jobs(raw)
     views = []
@@ -87,7 +87,7 @@ def reconcile(trials: list[TrialSpec]) -> list[TrialView]:
                 if ended is not None and refresh_record(trial, locked) != "finished":
                     records.fail_ended_job(locked, ended)
                 record = dict(locked)
-        job_id = records.slurm_owner_job(record)
+        job_id = records.owner_job(record)
         active = records.trial_is_active(record, jobs)
         state = record.get("state", "pending")
         note = record.get("error")
@@ -190,19 +190,25 @@ def _elapsed(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
-def cancel(trials: list[TrialSpec], stream: TextIO) -> int:
-    """Stop each selected trial that is still active (scancel its Slurm job, SIGTERM its local process) and
-    record it as failed "cancelled"; ``wsss sweep run --retry-failed`` runs it again. Returns how many."""
+def cancel(trials: list[TrialSpec], stream: TextIO, every: list[TrialSpec] | None = None) -> int:
+    """Stop each selected trial that is still active (scancel its Slurm job, stop its Ray job, SIGTERM its
+    local process) and record it as failed "cancelled"; ``wsss sweep run --retry-failed`` runs it again.
+    A Ray job runs several trials: it is stopped only when every active trial of it is selected (``every``:
+    all the sweep's trials, to check). Returns how many were cancelled."""
     raw = [layout.read_trial(t.record_path) for t in trials]
     jobs = records.sweep_jobs(raw)
     to_scancel: list[tuple[TrialSpec, str]] = []
+    ray_jobs: dict[tuple[str, str], list[TrialSpec]] = {}
     cancelled = 0
     for trial, record in zip(trials, raw):
         if not records.trial_is_active(record, jobs):
             continue
         owner = record.get("owner") or {}
         job_id = records.slurm_owner_job(record)
-        if job_id:
+        ray = records.ray_owner_job(record)
+        if ray:
+            ray_jobs.setdefault(ray, []).append(trial)
+        elif job_id:
             to_scancel.append((trial, job_id))
         elif owner.get("launcher") == "local" and owner.get("host") == layout.hostname() and owner.get("pid"):
             try:
@@ -212,16 +218,29 @@ def cancel(trials: list[TrialSpec], stream: TextIO) -> int:
             _mark_cancelled(trial, f"local pid {owner['pid']}")
             cancelled += 1
         else:
-            print(f"[cancel] {trial.trial_id}: owned by {owner.get('launcher')} on {owner.get('host')}; "
-                  "cancel it where it runs (a Ray sweep: `ray job stop`, or stop its submitter)", file=stream)
+            print(f"[cancel] {trial.trial_id}: owned by {owner.get('launcher')} pid {owner.get('pid')} on "
+                  f"{owner.get('host')}; cancel it there (stop its submitter)", file=stream)
+    for (sid, address), members in ray_jobs.items():
+        chosen = {t.trial_id for t in members}
+        others = [t.trial_id for t in (every or trials) if t.trial_id not in chosen
+                  and records.ray_owner_job(layout.read_trial(t.record_path)) == (sid, address)]
+        if others:
+            raise ConfigError(f"wsss sweep cancel: trials {', '.join(sorted(chosen))} run in Ray job {sid} with "
+                              f"{', '.join(others)}; a Ray job is stopped whole: name all of them, or none (all)")
+        error = stop_ray_job(sid, address)
+        if error:
+            raise ConfigError(f"ray job stop {sid} (cluster {address}): {error}")
+        for trial in members:
+            _mark_cancelled(trial, f"ray job {sid}")
+            print(f"[cancel] {trial.trial_id}: cancelled (ray job {sid} stopped)", file=stream)
+            cancelled += 1
     error = cancel_slurm([job for _, job in to_scancel])
     if error:
         raise ConfigError(f"scancel {' '.join(job for _, job in to_scancel)}: {error}")
     for trial, job_id in to_scancel:
         _mark_cancelled(trial, f"slurm job {job_id}")
-        cancelled += 1
-    for trial, _ in to_scancel:
         print(f"[cancel] {trial.trial_id}: cancelled", file=stream)
+        cancelled += 1
     return cancelled
 
 
@@ -256,9 +275,19 @@ def tail(path: Path, lines: int) -> str:
 
 
 def show_logs(trial: TrialSpec, lines: int, stream: TextIO = sys.stdout) -> int:
+    record = layout.read_trial(trial.record_path) or {}
+    ray = (record.get("owner") or {}).get("ray_job") or (record.get("ray_job") or {}).get("id")
+    if ray:  # the Ray job's driver output (Tune and its trials)
+        address = (record.get("owner") or {}).get("address") or record["ray_job"]["address"]
+        print(f"==> ray job {ray} (cluster {address}) <==", file=stream)
+        try:
+            print("\n".join(ray_job_logs(ray, address).splitlines()[-lines:]), file=stream)
+        except Exception as exc:  # noqa: BLE001 - the cluster is gone or the job unknown: say so
+            print(f"{trial.trial_id}: the logs of ray job {ray} are not available: {exc}", file=stream)
+            return 1
+        return 0
     paths = [p for p in log_paths(trial) if p.is_file()]
     if not paths:
-        record = layout.read_trial(trial.record_path) or {}
         print(f"{trial.trial_id}: no log yet (state {record.get('state', 'not submitted')}"
               + (f", expected at {record['log']}" if record.get("log") else "") + ")", file=stream)
         return 1

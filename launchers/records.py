@@ -16,7 +16,7 @@ from wsss_core.pipeline import TrialSpec, layout
 from wsss_core.pipeline.layout import hostname, process_start_time
 from wsss_core.pipeline.runner import refresh_record
 
-from .scheduler import JobState, slurm_jobs
+from .scheduler import JobState, ray_jobs, slurm_jobs
 
 
 def slurm_owner_job(record: dict[str, Any] | None) -> str | None:
@@ -27,9 +27,24 @@ def slurm_owner_job(record: dict[str, Any] | None) -> str | None:
     return None
 
 
+def ray_owner_job(record: dict[str, Any] | None) -> tuple[str, str] | None:
+    """(submission id, cluster address) of the Ray job that owns a pending/running trial, else None."""
+    owner = (record or {}).get("owner") or {}
+    if (record or {}).get("state") in ("pending", "running") and owner.get("ray_job"):
+        return str(owner["ray_job"]), str(owner["address"])
+    return None
+
+
+def owner_job(record: dict[str, Any] | None) -> str | None:
+    """The id of the scheduler job (Slurm or Ray) that owns a pending/running trial, else None."""
+    ray = ray_owner_job(record)
+    return ray[0] if ray else slurm_owner_job(record)
+
+
 def sweep_jobs(records_: list[dict[str, Any] | None]) -> dict[str, JobState]:
-    """The scheduler's state of every Slurm job owning one of ``records_``, in one query."""
-    return slurm_jobs({j for j in map(slurm_owner_job, records_) if j})
+    """The scheduler's state of every Slurm or Ray job owning one of ``records_``, in one query each."""
+    ray = dict(r for r in map(ray_owner_job, records_) if r)
+    return {**slurm_jobs({j for j in map(slurm_owner_job, records_) if j}), **(ray_jobs(ray) if ray else {})}
 
 
 def owner_alive(owner: dict[str, Any] | None, jobs: dict[str, JobState] | None = None) -> bool:
@@ -38,6 +53,9 @@ def owner_alive(owner: dict[str, Any] | None, jobs: dict[str, JobState] | None =
     counts as alive (never run a trial twice)."""
     if not owner:
         return False
+    if owner.get("ray_job"):
+        sid = str(owner["ray_job"])
+        return ((jobs or {}).get(sid) or ray_jobs({sid: str(owner["address"])})[sid]).alive
     if owner.get("launcher") == "slurm" and owner.get("job_id"):
         job_id = str(owner["job_id"])
         state = (jobs or {}).get(job_id) or slurm_jobs([job_id])[job_id]
@@ -54,15 +72,16 @@ def owner_alive(owner: dict[str, Any] | None, jobs: dict[str, JobState] | None =
 def ended_job(record: dict[str, Any] | None, jobs: dict[str, JobState]) -> JobState | None:
     """The scheduler's state of the Slurm job that owned a pending/running trial, when that job has ended
     (the trial's own process never recorded an outcome: OOM, node failure, scancel, time limit)."""
-    job_id = slurm_owner_job(record)
+    ray = ray_owner_job(record)
+    job_id = ray[0] if ray else slurm_owner_job(record)
     if job_id is None:
         return None
-    state = jobs.get(job_id) or slurm_jobs([job_id])[job_id]
+    state = jobs.get(job_id) or (ray_jobs({ray[0]: ray[1]})[ray[0]] if ray else slurm_jobs([job_id])[job_id])
     return None if state.alive else state
 
 
 def job_ended_error(state: JobState, log: str | None) -> str:
-    why = {"UNKNOWN": "Slurm no longer knows the job"}.get(state.state, "the job ended")
+    why = {"UNKNOWN": f"{state.scheduler.capitalize()} no longer knows the job"}.get(state.state, "the job ended")
     return (f"{state.describe()}: {why} without recording the trial's outcome"
             + (f"; log {log}" if log else "") + "; rerun it with --retry-failed")
 
@@ -72,9 +91,10 @@ def trial_is_active(record: dict[str, Any] | None, jobs: dict[str, JobState] | N
 
 
 def fail_ended_job(record: dict[str, Any], state: JobState) -> None:
-    """Record (in the locked ``record``) that its Slurm job ended without the trial recording an outcome."""
+    """Record (in the locked ``record``) that its scheduler job ended without the trial recording an outcome."""
     record.update({"state": "failed", "error": job_ended_error(state, record.get("log")), "finished": layout.now(),
-                   "scheduler": {"job_id": state.job_id, "state": state.state, "reason": state.reason,
+                   "scheduler": {"scheduler": state.scheduler, "job_id": state.job_id, "state": state.state,
+                                 "reason": state.reason,
                                  "exit_code": state.exit_code}})
 
 

@@ -1,4 +1,5 @@
-"""What the scheduler says about a sweep's jobs: Slurm's squeue (live jobs) and sacct (ended ones).
+"""What the scheduler says about a sweep's jobs: Slurm's squeue (live jobs) and sacct (ended ones), and the
+Ray job server (a Ray sweep submitted without ``--wait`` is one Ray job).
 
 A trial's record says who owns it (a Slurm array task ``123_4``, a local pid); when that owner is a Slurm
 job, its state comes from here, queried once per command for every job of the sweep (one squeue and one
@@ -13,6 +14,7 @@ import re
 import shutil
 import subprocess
 from dataclasses import dataclass
+from typing import Any
 
 # A job in one of these states may still run (or run again: a preempted or requeued job keeps its id).
 SLURM_ALIVE = frozenset({"PENDING", "RUNNING", "REQUEUED", "RESIZING", "SUSPENDED", "CONFIGURING", "COMPLETING",
@@ -20,26 +22,30 @@ SLURM_ALIVE = frozenset({"PENDING", "RUNNING", "REQUEUED", "RESIZING", "SUSPENDE
 QUERY_TIMEOUT_S = 60
 
 
+RAY_ALIVE = frozenset({"PENDING", "RUNNING", "UNREACHABLE"})  # unreachable: cannot tell, so never rerun it
+
+
 @dataclass(frozen=True)
 class JobState:
-    """One Slurm job (array task) as the scheduler sees it."""
+    """One Slurm job (array task) or Ray job as its scheduler sees it."""
 
     job_id: str
     state: str                 # Slurm's state word, e.g. RUNNING, OUT_OF_MEMORY; UNKNOWN when Slurm has no row
     reason: str | None = None  # squeue/sacct's reason (e.g. Resources, JobArrayTaskLimit), None when "None"
     node: str | None = None
     exit_code: str | None = None  # sacct's "code:signal"
+    scheduler: str = "slurm"      # or "ray"
 
     @property
     def alive(self) -> bool:
-        return self.state in SLURM_ALIVE
+        return self.state in (SLURM_ALIVE if self.scheduler == "slurm" else RAY_ALIVE)
 
     def describe(self) -> str:
         """``slurm job 12_3 OUT_OF_MEMORY (exit 0:125, reason ...)``: what a status line shows."""
         extra = [f"exit {self.exit_code}" if self.exit_code and self.exit_code != "0:0" else None,
                  f"reason {self.reason}" if self.reason else None, f"on {self.node}" if self.node else None]
         extra = [e for e in extra if e]
-        return f"slurm job {self.job_id} {self.state}" + (f" ({', '.join(extra)})" if extra else "")
+        return f"{self.scheduler} job {self.job_id} {self.state}" + (f" ({', '.join(extra)})" if extra else "")
 
 
 def slurm_available() -> bool:
@@ -110,3 +116,41 @@ def cancel_slurm(job_ids: list[str]) -> str | None:
         return "scancel is not on PATH (run this where Slurm's client commands are)"
     out = subprocess.run(["scancel", *job_ids], capture_output=True, text=True, timeout=QUERY_TIMEOUT_S)
     return None if out.returncode == 0 else (out.stderr.strip() or f"scancel exited with {out.returncode}")
+
+
+def ray_client(address: str):
+    """A Ray job client for a cluster address (``host:port`` of the GCS, ``http://host:8265``, ``auto``)."""
+    from ray.job_submission import JobSubmissionClient
+
+    return JobSubmissionClient(address)
+
+
+def ray_jobs(jobs: dict[str, str]) -> dict[str, JobState]:
+    """``{submission id: cluster address}`` → each Ray job's state; UNREACHABLE (counted alive: it cannot be
+    checked) when the cluster does not answer."""
+    found: dict[str, JobState] = {}
+    clients: dict[str, Any] = {}
+    for sid, address in jobs.items():
+        try:
+            client = clients.get(address) or clients.setdefault(address, ray_client(address))
+            info = client.get_job_info(sid)
+            state = str(getattr(info.status, "value", info.status)).upper()
+            found[sid] = JobState(sid, state, _clean(info.message or ""), scheduler="ray")
+        except Exception as exc:  # noqa: BLE001 - unreachable cluster, unknown job: say so, never crash status
+            text = str(exc).strip().splitlines()
+            unknown = "does not exist" in str(exc) or "not found" in str(exc).lower()
+            found[sid] = JobState(sid, "UNKNOWN" if unknown else "UNREACHABLE",
+                                  (text[-1] if text else type(exc).__name__)[:200], scheduler="ray")
+    return found
+
+
+def stop_ray_job(sid: str, address: str) -> str | None:
+    try:
+        ray_client(address).stop_job(sid)
+    except Exception as exc:  # noqa: BLE001
+        return str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+    return None
+
+
+def ray_job_logs(sid: str, address: str) -> str:
+    return ray_client(address).get_job_logs(sid)

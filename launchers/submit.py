@@ -15,7 +15,7 @@ import pickle
 import subprocess
 import sys
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,10 +44,19 @@ class SubmitOptions:
     wait: bool | None = None  # block until every trial has an outcome; None: the launcher's default
 
 
-def waits_by_default(launcher: str) -> bool:
-    """Local trials are this process's children: it waits. A Slurm submission returns once every trial is
-    submitted and recorded (submit and walk away; ``--wait`` blocks)."""
-    return launcher != "slurm"
+def resolve_wait(launcher: str, wait: bool | None, ray_address: str | None) -> bool:
+    """Whether ``wsss sweep run`` blocks until every trial has an outcome. Local trials are its children,
+    and a Ray instance it started itself ends with it: it waits. A Slurm submission, or a Ray job on a
+    cluster given by address, returns once every trial is submitted and recorded, unless ``--wait``."""
+    if launcher == "local" or (launcher == "ray" and not ray_address):
+        if wait is False:
+            need = ("the local launcher's trials are its child processes" if launcher == "local" else
+                    "without --address (or launcher.ray.address) the sweep runs on a Ray instance this command "
+                    "starts and stops")
+            raise ConfigError(f"--no-wait: {need}; valid: --launcher slurm, or --launcher ray --address ADDRESS "
+                              "(or run the submitter inside tmux, screen or nohup)")
+        return True
+    return bool(wait)
 
 
 @dataclass
@@ -123,9 +132,7 @@ def run_sweep(spec: SweepSpec | str | Path, workdir: str | Path | None = None, o
     opts = opts or SubmitOptions()
     if not isinstance(spec, SweepSpec):
         spec = load_sweep(spec, overrides)
-    if opts.wait is False and not backend_detached(opts.launcher):
-        raise ConfigError(f"--no-wait: {opts.launcher} trials need `wsss sweep run` to stay while they run; valid: "
-                          "--launcher slurm (or run the submitter inside tmux, screen or nohup)")
+    opts = replace(opts, wait=resolve_wait(opts.launcher, opts.wait, opts.address or spec.launcher.ray.address))
     backend = get_backend(opts.launcher)
     plan = plan_sweep(spec, workdir)
     backend.check_resources(spec, plan, opts)  # before anything is written or submitted
@@ -179,8 +186,8 @@ def _run_planned(spec: SweepSpec, plan: SweepPlan, backend: Backend, opts: Submi
         for trial in to_run:
             if errors.get(trial.trial_id):
                 records.mark_unrecorded_failure(trial, errors[trial.trial_id])
-    wait = waits_by_default(opts.launcher) if opts.wait is None else opts.wait
-    follow_up = [by_id[i] for i in outcome.reattached] + (to_run if backend_detached(opts.launcher) else [])
+    wait = bool(opts.wait)
+    follow_up = [by_id[i] for i in outcome.reattached] + (to_run if opts.launcher == "slurm" or not wait else [])
     if wait and follow_up:
         follow.wait(follow_up, spec.name, stream, poll_s=max(opts.poll_s, 0.5), report_s=60.0)
     outcome.records = [layout.read_trial(t.record_path) or {} for t in plan.trials]
@@ -190,11 +197,6 @@ def _run_planned(spec: SweepSpec, plan: SweepPlan, backend: Backend, opts: Submi
     elif ctx is not None:
         follow.finish_tracking(ctx, outcome.ok, stream)
     return outcome
-
-
-def backend_detached(launcher: str) -> bool:
-    """Whether the backend's ``launch`` returns once the trials are submitted (they run without us)."""
-    return launcher == "slurm"
 
 
 def follow_hint(plan: SweepPlan) -> str:

@@ -122,7 +122,7 @@ cmd_start() {
         --dashboard-agent-listen-port=$((PORT + 2)) --dashboard-agent-grpc-port=$((PORT + 3)) \
         --metrics-export-port=$((PORT + 4)) --runtime-env-agent-port=$((PORT + 5)) \
         --node-manager-port=$((PORT + 6)) --object-manager-port=$((PORT + 7)) \
-        --include-dashboard=false --disable-usage-stats --object-store-memory=$((512 * 1024 * 1024)) \
+        --include-dashboard=true --dashboard-host=127.0.0.1 --dashboard-port=$((PORT + 1)) --disable-usage-stats --object-store-memory=$((512 * 1024 * 1024)) \
         --temp-dir="$DIR" </dev/null >"$LOG/ray-start.log" 2>&1; then
       echo "$address" >"$ADDRESS_FILE"
       local deadline=$((SECONDS + 60))

@@ -24,7 +24,7 @@ def test_ray_sweep_with_ddp_trial_and_retry(tmp_path, ray_cluster):  # noqa: F81
     sweep["axes"]["resources.procs_per_node"] = [1, 2]
     spec = load_sweep(write_sweep(tmp_path / "ray.yaml", sweep))
     workdir = tmp_path / "work"
-    outcome = run_sweep(spec, workdir, SubmitOptions(launcher="ray", address=ray_cluster, tracking=False))
+    outcome = run_sweep(spec, workdir, SubmitOptions(launcher="ray", address=ray_cluster, tracking=False, wait=True))
     assert outcome.ok, [(r["trial_id"], r.get("error")) for r in outcome.records]
     assert not ray.is_initialized()  # the launcher closes the connection it opened
     by_size = {r["axes"]["resources.procs_per_node"]: r for r in outcome.records}
@@ -41,5 +41,5 @@ def test_ray_sweep_with_ddp_trial_and_retry(tmp_path, ray_cluster):  # noqa: F81
     for record in outcome.records:
         assert json.loads(Path(record["eval_json"]).read_text())["best"]["miou"] is not None
 
-    again = run_sweep(spec, workdir, SubmitOptions(launcher="ray", address=ray_cluster, tracking=False))
+    again = run_sweep(spec, workdir, SubmitOptions(launcher="ray", address=ray_cluster, tracking=False, wait=True))
     assert again.ran == [] and len(again.skipped_finished) == 2

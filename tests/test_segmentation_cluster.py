@@ -39,7 +39,7 @@ def test_ray_trial_with_the_final_stage_runs_to_val_miou_with_ddp(tmp_path, ray_
     sweep = final_sweep("rayfinal", launcher={"ray": {"cpus_per_worker": 0.9, "trial_cpus": 0.2}})
     sweep["axes"]["resources.procs_per_node"] = [2]
     spec = load_sweep(write_sweep(tmp_path / "ray.yaml", sweep))
-    outcome = run_sweep(spec, tmp_path / "work", SubmitOptions(launcher="ray", address=ray_cluster, tracking=False))
+    outcome = run_sweep(spec, tmp_path / "work", SubmitOptions(launcher="ray", address=ray_cluster, tracking=False, wait=True))
     assert outcome.ok, [(r["trial_id"], r.get("error")) for r in outcome.records]
     (record,) = outcome.records
     assert record["launcher"] == "ray"
@@ -49,7 +49,7 @@ def test_ray_trial_with_the_final_stage_runs_to_val_miou_with_ddp(tmp_path, ray_
 def test_slurm_trial_with_the_final_stage_runs_to_val_miou(tmp_path, slurm_cluster):  # noqa: F811
     sweep = final_sweep("slurmfinal", launcher={"slurm": {"partition": slurm_cluster.partition}})
     spec = load_sweep(write_sweep(tmp_path / "slurm.yaml", sweep))
-    outcome = run_sweep(spec, tmp_path / "work", SubmitOptions(launcher="slurm", tracking=False))
+    outcome = run_sweep(spec, tmp_path / "work", SubmitOptions(launcher="slurm", tracking=False, wait=True))
     assert outcome.ok, [(r["trial_id"], r.get("error")) for r in outcome.records]
     (record,) = outcome.records
     assert record["launcher"] == "slurm"
