@@ -203,7 +203,9 @@ def way_forward(uri: str) -> str:
     """What to do about a tracking store that cannot be opened (said with every such error)."""
     path = sqlite_path(uri)
     where = (f"If {path} is damaged, move it away (`mv {path} {path}.damaged`) and run again: a new store is "
-             "created. " if path is not None else "Check the server (its logs, its backend store). ")
+             f"created and the sweep's finished stages are logged into it from the stage folders (`wsss sync "
+             f"--rebuild --workdir {path.parent}` logs every sweep's). " if path is not None
+             else "Check the server (its logs, its backend store). ")
     return (where + "Every result stays in the stage folders and trial records: `wsss report --from records` needs "
             "no tracking store, and `wsss sweep run --no-tracking` runs without one.")
 
