@@ -124,10 +124,11 @@ def rebuild_workdir(workdir: str | Path, tracking_uri: str | None = None,
     return total
 
 
-def rebuild_lost_sweep(ctx: TrackingContext, workdir: str | Path, why: str, progress: Progress = _stderr) -> None:
+def rebuild_lost_sweep(ctx: TrackingContext, workdir: str | Path, why: str, progress: Progress | None = None) -> None:
     """The submitter found that the store lost this sweep (``why``): log the sweep's finished stages again.
     Tracking never fails a sweep: an error is reported with the command that finishes the job."""
     workdir = layout.resolve_workdir(workdir)
+    progress = progress or _stderr
     try:
         jobs = _stage_jobs(workdir, layout.list_trials(workdir, ctx.sweep_name))
         if not any(job.finished for job in jobs):

@@ -20,7 +20,7 @@ import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from ..atomic import write_json_atomic  # noqa: F401 - re-exported for the tracking modules
 from ..config import flatten  # noqa: F401 - re-exported for the tracking modules
@@ -236,7 +236,8 @@ def ensure_experiment(uri: str, name: str, artifact_location: str | None = None)
 
 def prepare_sweep_tracking(sweep_name: str, tracking_uri: str | None, workdir: str | Path,
                            params: Mapping[str, Any] | None = None,
-                           tags: Mapping[str, Any] | None = None, rebuild_lost: bool = True) -> TrackingContext:
+                           tags: Mapping[str, Any] | None = None, rebuild_lost: bool = True,
+                           progress: Callable[[str], None] | None = None) -> TrackingContext:
     """Initialise the store, the sweep's experiment ``wsss/<sweep_name>`` and its parent run, once.
 
     Called by the submitter before any trial starts. The parent run id is kept in
@@ -248,7 +249,7 @@ def prepare_sweep_tracking(sweep_name: str, tracking_uri: str | None, workdir: s
     a moved work dir), would otherwise get a new parent run while the finished stages, never run again, were
     never logged into it. With ``rebuild_lost`` the sweep's finished stages are logged into it from the stage
     folders (:mod:`.rebuild`), with a message on stderr; the other sweeps of the work dir are named with the
-    command that rebuilds them (``wsss sync --rebuild``).
+    command that rebuilds them (``wsss sync --rebuild``). ``progress``: where those lines go (default stderr).
     """
     workdir = Path(workdir)
     uri = resolve_tracking_uri(tracking_uri, workdir)
@@ -258,7 +259,7 @@ def prepare_sweep_tracking(sweep_name: str, tracking_uri: str | None, workdir: s
     if lost and rebuild_lost:
         from .rebuild import rebuild_lost_sweep  # outside the store lock: other sweeps' submitters go on
 
-        rebuild_lost_sweep(ctx, workdir, lost)
+        rebuild_lost_sweep(ctx, workdir, lost, progress)
     return ctx
 
 
