@@ -420,6 +420,7 @@ def check_trial_values(spec: SweepSpec, cfg: RunConfig, res: Resources, where: s
     for key, value in flatten(to_dict(cfg)).items():
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"{where}: {key}: must be a finite number, got {value}")
+    local = spec.launcher.default == "local"
     for key, split, batch_key, per_step in trial_splits(cfg, res):
         if spec.synthetic_data is not None:
             size: int | str | None = spec.synthetic_data.split_size(split)
@@ -427,13 +428,20 @@ def check_trial_values(spec: SweepSpec, cfg: RunConfig, res: Resources, where: s
                 raise ConfigError(f"{where}: {key}: {split!r} is not a split of the generated synthetic data; valid "
                                   "choices: train, train_aug, val")
         else:
-            size = _dataset_size(cfg.data.dataset, cfg.data.root, split, where, key, datasets,
-                                 local=spec.launcher.default == "local", decode=check_data)
+            size = _dataset_size(cfg.data.dataset, cfg.data.root, split, where, key, datasets, local=local,
+                                 decode=check_data)
         if batch_key is not None and isinstance(size, int) and per_step > size:
             batch = per_step // res.world_size
             raise ConfigError(f"{where}: {batch_key}: {batch} × {res.world_size} process(es) = {per_step} images per "
                               f"step, but split {split!r} has only {size}; valid: batch_size × processes at most "
                               f"{size}")
+    weights = [("model.pretrained", cfg.model.pretrained)]
+    if cfg.final.enabled:
+        weights.append(("final.pretrained", cfg.final.pretrained))
+    for key, value in weights:
+        if value is not None and not Path(value).expanduser().is_file():
+            _absent_here(f"{where}: {key}: weights file {value} not found on this host (weights are never downloaded; "
+                         "give a local path or null for random init)", value, local)
     if cfg.final.enabled and cfg.model.baseline == "amn":
         from wsss_core.training.amn import amn_chain, seed_splits
 
@@ -444,7 +452,19 @@ def check_trial_values(spec: SweepSpec, cfg: RunConfig, res: Resources, where: s
                               f"valid: {', '.join(made)} (the splits AMN makes seeds for), or null (data.train_split)")
 
 
-_NOTED_ROOTS: set[str] = set()  # roots this process already said it cannot read
+_NOTED_PATHS: set[str] = set()  # paths this process already said it cannot read
+
+
+def _absent_here(message: str, path: str, local: bool) -> None:
+    """A path the trial needs that this host lacks: an error for the local launcher; for ray or slurm it may exist
+    on the cluster's nodes only, so a note (once per path, on stderr)."""
+    import sys
+
+    if local:
+        raise ConfigError(message)
+    if path not in _NOTED_PATHS:
+        _NOTED_PATHS.add(path)
+        print(f"note: {message.split('; ')[0]}; it is checked on the cluster's nodes only", file=sys.stderr)
 
 
 def _dataset_size(dataset: str, root: str, split: str, where: str, key: str,
@@ -453,8 +473,6 @@ def _dataset_size(dataset: str, root: str, split: str, where: str, key: str,
     every listed image and mask present (and, with ``decode``, decodable with valid class ids: the check of
     ``wsss data check --read``); 'unreadable' when this host cannot see the root and the sweep runs elsewhere
     (launcher.default ray or slurm: the root may exist on the cluster's nodes only; said once on stderr)."""
-    import sys
-
     from wsss_core.data import build_dataset
     from wsss_core.data.base import check_split
     from wsss_core.errors import DataError
@@ -463,14 +481,9 @@ def _dataset_size(dataset: str, root: str, split: str, where: str, key: str,
     if ident not in cache:
         if not Path(ident[1]).exists():
             cache[ident] = "unreadable"
-            if not local:
-                if ident[1] not in _NOTED_ROOTS:
-                    _NOTED_ROOTS.add(ident[1])
-                    print(f"note: {where}: data.root {root} is not readable on this host; the dataset is checked "
-                          "on the cluster's nodes only", file=sys.stderr)
-                return cache[ident]
-            raise ConfigError(f"{where}: data.root: {root} does not exist on this host; give the dataset's root "
-                              f"(a {dataset} layout), or generate one (`synthetic_data:` in the sweep file)")
+            _absent_here(f"{where}: data.root: {root} does not exist on this host; give the dataset's root (a {dataset} "
+                         "layout), or generate one (`synthetic_data:` in the sweep file)", ident[1], local)
+            return cache[ident]
         try:
             data = build_dataset(dataset, ident[1], split)
             check_split(data, decode=decode, desc=f"[sweep] decoding split {split} of {root}")

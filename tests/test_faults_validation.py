@@ -30,12 +30,15 @@ CASES = [
     ("base.train.batch_size=64", ["train.batch_size", "64 × 1 process(es)", "'train_aug' has only 16",
                                   "at most 16"]),
     ("base.cams.split=test", ["cams.split", "'test' is not a split", "train, train_aug, val"]),
+    ("base.model.pretrained=/nowhere/w.pth", ["model.pretrained", "weights file /nowhere/w.pth not found on this host",
+                                               "null for random init"]),
     # The optional final segmentation stage: its splits, batch and values, once enabled.
     (f"{FINAL} base.final.split=test", ["final.split", "'test' is not a split", "train, train_aug, val"]),
     (f"{FINAL} base.final.val_split=nope", ["final.val_split", "'nope' is not a split", "train, train_aug, val"]),
     (f"{FINAL} base.final.batch_size=64", ["final.batch_size", "64 × 1 process(es)", "'train_aug' has only 16",
                                            "at most 16"]),
     (f"{FINAL} base.final.lr=.nan", ["final.lr", "must be a finite number, got nan"]),
+    (f"{FINAL} base.final.pretrained=/nowhere/r.pth", ["final.pretrained", "weights file /nowhere/r.pth not found"]),
     (f"{FINAL} base.final.threshold=1.5", ["final.threshold", "must be in [0, 1] or 'best', got 1.5"]),
     (f"{FINAL} axes.baseline=[amn] base.final.batch_size=2 base.final.split=val",
      ["baseline=amn", "final.split", "'val' has no AMN seed labels", "valid: train_aug, train"]),
@@ -80,7 +83,7 @@ def test_dataset_root_and_split_files_are_checked_where_readable(tmp_path, capsy
     sweep["launcher"] = {"default": "slurm"}
     path = write_sweep(tmp_path / "cluster.yaml", sweep)
     code, err = _plan(path, capsys)
-    assert code == 0 and "is not readable on this host" in err
+    assert code == 0 and "does not exist on this host; it is checked on the cluster's nodes only" in err
 
 
 def test_duplicate_keys_and_non_utf8_files_give_one_message(tmp_path, capsys):
