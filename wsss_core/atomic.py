@@ -26,7 +26,8 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
         # not atomic, but a record cut short by a crash is read as damaged and rebuilt from the stage store.
         if exc.errno == errno.ENOSPC and _overwrite_in_place(path, data):
             return
-        if exc.filename is None:  # a failed write names no file: name the one this was
+        if exc.filename is None or Path(exc.filename).name.startswith(f".{path.name}."):
+            # a failed write names no file, a refused create names the hidden temp file: name the one meant
             raise OSError(exc.errno, exc.strerror, str(path)) from None
         raise
 
