@@ -23,6 +23,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="accept a grid of more than 10,000 trials (refused by default: a typo in an axis)")
 
 
+def _check_data(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--check-data", action="store_true",
+                        help="decode every listed image and mask of the dataset before anything is submitted "
+                        "(truncated files, mask ids outside the classes); by default only their presence is checked")
+
+
 def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--launcher", choices=("local", "ray", "slurm"), default=None,
                         help="where trials run (default: the sweep file's launcher.default, else local)")
@@ -48,11 +54,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     plan = sub.add_parser("plan", help="show trials, stages to run vs done and a cost estimate; submits nothing")
     _common(plan)
     plan.add_argument("--brief", action="store_true", help="only the totals, not every trial")
+    _check_data(plan)
     plan.add_argument("--launcher", choices=("local", "ray", "slurm"), default=None,
                       help="also check the resources against this launcher's nodes")
     plan.set_defaults(func=cmd_plan)
     run = sub.add_parser("run", help="run the sweep's trials that are not finished")
     _common(run)
+    _check_data(run)
     add_run_options(run)
     run.set_defaults(func=cmd_run)
     status = sub.add_parser("status", help="where each trial is: its record reconciled with the scheduler "
@@ -83,7 +91,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from .spec import load_sweep
     from .backend import get_backend
 
-    spec = load_sweep(args.file, args.overrides, allow_large=args.allow_large)
+    spec = load_sweep(args.file, args.overrides, allow_large=args.allow_large, check_data=args.check_data)
     plan = plan_sweep(spec, args.workdir)
     if args.launcher:
         get_backend(args.launcher).check_resources(spec, plan, None)
@@ -107,7 +115,8 @@ def run_and_summarise(args: argparse.Namespace, file: str) -> tuple[Any, Any]:
     from .records import format_status
     from .submit import run_sweep, summary_line
 
-    spec = load_sweep(file, args.overrides, allow_large=getattr(args, "allow_large", False))
+    spec = load_sweep(file, args.overrides, allow_large=getattr(args, "allow_large", False),
+                      check_data=getattr(args, "check_data", False))
     previous = stop_on_signals()
     try:
         outcome = run_sweep(spec, args.workdir, options_from_args(args, spec.launcher.default))

@@ -145,12 +145,21 @@ def run_sweep(spec: SweepSpec | str | Path, workdir: str | Path | None = None, o
 def _run_planned(spec: SweepSpec, plan: SweepPlan, backend: Backend, opts: SubmitOptions, stream) -> SweepOutcome:
     layout.prepare_workdir(plan.workdir)
     sweep_folder = layout.sweep_dir(plan.workdir, spec.name)
-    sweep_folder.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(sweep_folder / "sweep.json", {"name": spec.name, "file": spec.path,
-                                                          "base": spec.base, "thresholds": spec.thresholds,
-                                                          "axes": {a.name: [v.label for v in a.values]
-                                                                   for a in spec.axes},
-                                                          "resources": to_dict(spec.resources)})
+    try:
+        sweep_folder.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(sweep_folder / "sweep.json", {"name": spec.name, "file": spec.path, "base": spec.base,
+                                                        "thresholds": spec.thresholds,
+                                                        "axes": {a.name: [v.label for v in a.values]
+                                                                 for a in spec.axes},
+                                                        "resources": to_dict(spec.resources)})
+    except OSError as exc:
+        raise ConfigError(f"sweep folder {sweep_folder}: cannot write there ({type(exc).__name__}: "
+                          f"{exc.strerror or exc}); give a writable --workdir") from None
+    # Folders another user made (trials/, specs/, logs/...): refused now, not half-way through the claims.
+    for folder in [sweep_folder, *(f for f in sweep_folder.iterdir() if f.is_dir())]:
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise ConfigError(f"sweep folder {sweep_folder}: cannot write in {folder} (Permission denied); give a "
+                              "writable --workdir, or ask its owner to make it writable for you")
     ctx = _tracking(plan, opts, stream)
     outcome = claim_trials(plan, opts, getattr(ctx, "parent_run_id", None))
     print(f"[sweep] {spec.name}: {len(plan.trials)} trials: {len(outcome.ran)} to run, "
