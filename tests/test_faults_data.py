@@ -108,7 +108,13 @@ def test_full_check_names_a_truncated_image_and_a_mask_class_id(tmp_path, pristi
     assert f"{root}/SegmentationClass/{ids[1]}.png: mask has class ids 99 outside 0..3 (and 255 = void) for 3 " \
            "foreground classes" in message
     assert f"2 of {len(_ids(root, 'train_aug'))} listed image ids are unusable: {ids[1]}, {ids[4]}" in message
-    # One code path: `wsss data check --read` says the same.
+    # The command line's --check-data, on plan and run (nothing written), and `wsss data check --read` say the same.
+    for action in ("plan", "run"):
+        assert main(["sweep", action, str(path), "--workdir", str(tmp_path / "work"), "--check-data"]) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and len(err.strip().splitlines()[-1:]) == 1
+        assert f"{ids[1]}.png: mask has class ids 99 outside 0..3" in err.strip().splitlines()[-1]
+    assert not (tmp_path / "work").exists()
     assert main(["data", "check", "--root", str(root), "--split", "train", "--read"]) == 2
     assert f"{ids[1]}.png: mask has class ids 99 outside 0..3" in capsys.readouterr().err
 

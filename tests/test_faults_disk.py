@@ -126,17 +126,27 @@ def test_a_work_dir_this_user_cannot_write_is_one_message(shared_tmp):
     for folder in ("sweeps", "stages"):
         (shared / folder).mkdir(mode=0o755)
     shared.chmod(0o777)
-    cases = [(owned, f"work dir {owned}: cannot write there (PermissionError: Permission denied)"),
-             (owned / "new", f"work dir {owned / 'new'}: cannot write there (PermissionError: Permission denied)"),
-             (shared, f"work dir {shared}: cannot write in {shared / 'sweeps'} (PermissionError: Permission denied)")]
+    sweep_folder = layout.sweep_dir(shared_tmp / "mine", SWEEP)  # a work dir of one's own, but the sweep's folder
+    layout.prepare_workdir(sweep_folder.parent.parent)  # was made by another user
+    (shared_tmp / "mine").chmod(0o777)
+    for folder in (sweep_folder.parent, layout.stages_root(shared_tmp / "mine")):
+        folder.mkdir()
+        folder.chmod(0o777)
+    sweep_folder.mkdir(mode=0o755)
+    fix = "; give a writable folder with --workdir (or $WSSS_WORKDIR)"
+    denied = "(PermissionError: Permission denied)"
+    cases = [(owned, f"work dir {owned}: cannot write there {denied}{fix}"),
+             (owned / "new", f"work dir {owned / 'new'}: cannot write there {denied}{fix}"),
+             (shared, f"work dir {shared}: cannot write in {shared / 'sweeps'} {denied}{fix}"),
+             (shared_tmp / "mine", f"sweep folder {sweep_folder}: cannot write there {denied}; give a writable "
+                                   "--workdir")]
     for workdir, message in cases:
         before = sorted(p.name for p in shared_tmp.rglob("*"))
         proc = subprocess.run([*prefix, "-m", "wsss.cli", "sweep", "run", str(path), "--workdir", str(workdir),
                                "--no-tracking"], cwd=shared_tmp, env={**env, "HOME": str(shared_tmp)},
                               capture_output=True, text=True, timeout=300)
         assert proc.returncode == 2, proc.stderr
-        assert proc.stderr.strip().splitlines() == [f"wsss sweep: error: {message}; give a writable folder with "
-                                                    "--workdir (or $WSSS_WORKDIR)"], proc.stderr
+        assert proc.stderr.strip().splitlines() == [f"wsss sweep: error: {message}"], proc.stderr
         assert sorted(p.name for p in shared_tmp.rglob("*")) == before  # nothing written
 
 
