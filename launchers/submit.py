@@ -101,12 +101,11 @@ def _tracking(plan: SweepPlan, opts: SubmitOptions, stream) -> Any:
     settings = plan.spec.tracking
     if not (opts.tracking and settings.enabled):
         return None
-    from wsss_core.tracking import prepare_sweep_tracking
+    from wsss_core.tracking import prepare_sweep_tracking, sweep_params
 
     spec = plan.spec
-    params = {"sweep_file": spec.path, "trials": len(plan.trials),
-              "thresholds": len(spec.thresholds) if spec.thresholds else None,
-              **{f"axis.{a.name}": ",".join(str(v.label) for v in a.values) for a in spec.axes}}
+    params = sweep_params(spec.path, len(plan.trials), spec.thresholds,
+                          {a.name: [v.label for v in a.values] for a in spec.axes})
     tags = {"sweep": spec.name, "launcher": opts.launcher, "git_commit": _git_commit() or "unknown",
             "host": layout.hostname()}
     return prepare_sweep_tracking(spec.name, opts.tracking_uri or settings.uri, plan.workdir, params, tags)

@@ -16,7 +16,7 @@ from ..lazy import lazy_exports
 # Loaded on first use (the sink imports numpy; `wsss --help` reaches this package through wsss ui/sync).
 __getattr__ = lazy_exports(globals(), {
     **dict.fromkeys(("TrackingContext", "TrackingError", "default_tracking_uri", "finish_sweep_tracking",
-                     "prepare_sweep_tracking", "search_runs_paged"), ".store"),
+                     "prepare_sweep_tracking", "search_runs_paged", "sweep_params"), ".store"),
     **dict.fromkeys(("StageSink", "eval_metrics", "stage_sink"), ".sink"),
     **dict.fromkeys(("SyncStats", "sync_stage", "sync_workdir"), ".sync"),
     **dict.fromkeys(("RebuildStats", "rebuild_workdir"), ".rebuild"),
@@ -32,4 +32,4 @@ def overlay_grid(*args, **kwargs):
 
 __all__ = ["TrackingContext", "TrackingError", "RebuildStats", "StageSink", "SyncStats", "default_tracking_uri",
            "eval_metrics", "finish_sweep_tracking", "overlay_grid", "prepare_sweep_tracking", "rebuild_workdir",
-           "search_runs_paged", "stage_sink", "sync_stage", "sync_workdir"]
+           "search_runs_paged", "stage_sink", "sweep_params", "sync_stage", "sync_workdir"]

@@ -40,7 +40,7 @@ from ..pipeline.chains import find_stage
 from .record import StageRecord
 from .sink import TRACKING_ARTIFACTS, StageSink
 from .store import (TrackingContext, TrackingError, client, find_run, finish_sweep_tracking, prepare_sweep_tracking,
-                    search_runs_paged)
+                    search_runs_paged, sweep_params)
 
 PROGRESS_EVERY_S = 5.0
 DAMAGED_SHOWN = 20
@@ -306,11 +306,7 @@ def _sweep_params(workdir: Path, sweep: str, records: list[dict[str, Any]]) -> d
     """The parent run's params as the submitter logs them (``launchers.submit``), from ``sweep.json``."""
     info = layout.read_json(layout.sweep_dir(workdir, sweep) / "sweep.json") or {}
     axes = info.get("axes") if isinstance(info.get("axes"), dict) else {}
-    thresholds = info.get("thresholds")
-    return {"sweep_file": info.get("file"), "trials": len(records),
-            "thresholds": len(thresholds) if isinstance(thresholds, list) and thresholds else None,
-            **{f"axis.{name}": ",".join(str(v) for v in values) for name, values in axes.items()
-               if isinstance(values, list)}}
+    return sweep_params(info.get("file"), len(records), info.get("thresholds"), axes)
 
 
 def _sweep_tags(records: list[dict[str, Any]]) -> dict[str, Any]:

@@ -79,6 +79,15 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
 
 
+def sweep_params(sweep_file: Any, trials: int, thresholds: Any, axes: Mapping[str, Any]) -> dict[str, Any]:
+    """The params of a sweep's parent run: what the submitter logs, and ``wsss sync --rebuild`` again from
+    ``sweep.json`` (``axes``: axis name -> the values' labels)."""
+    return {"sweep_file": sweep_file, "trials": trials,
+            "thresholds": len(thresholds) if isinstance(thresholds, (list, tuple)) and thresholds else None,
+            **{f"axis.{name}": ",".join(str(v) for v in values) for name, values in axes.items()
+               if isinstance(values, (list, tuple))}}
+
+
 def experiment_name(sweep_name: str) -> str:
     return f"{EXPERIMENT_PREFIX}{sweep_name}"
 
