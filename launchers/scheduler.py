@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,30 +83,42 @@ def _run(cmd: list[str]) -> str:
     return out.stdout if out.returncode == 0 else ""
 
 
-def slurm_jobs(job_ids: list[str] | set[str]) -> dict[str, JobState]:
-    """The state of each job id (array task ids like ``12_3`` or plain ids): squeue for live jobs, sacct for
-    the rest, ``UNKNOWN`` for ids neither knows (or when Slurm's commands are not reachable)."""
+def slurm_jobs(job_ids: list[str] | set[str], retry_unknown_s: float = 2.0) -> dict[str, JobState]:
+    """The state of each job id (array task ids like ``12_3`` or plain ids): squeue (slurmctld's view, ended
+    jobs included while it keeps them) first, then sacct; ``UNKNOWN`` for ids neither knows (or when Slurm's
+    commands are not reachable). Ids unknown to both are asked again once after ``retry_unknown_s``: a job
+    that just ended can be gone from squeue before sacct has its row."""
     wanted = {str(j) for j in job_ids if j}
     if not wanted:
         return {}
+    found = _query_slurm(wanted) if slurm_available() else {}
+    missing = wanted - set(found)
+    if missing and slurm_available() and retry_unknown_s > 0:
+        time.sleep(retry_unknown_s)
+        found.update(_query_slurm(missing))
+    return {j: found.get(j, JobState(j, "UNKNOWN")) for j in wanted}
+
+
+def _query_slurm(wanted: set[str]) -> dict[str, JobState]:
     arrays = ",".join(sorted({_array_id(j) for j in wanted}, key=lambda a: (len(a), a)))
     found: dict[str, JobState] = {}
-    if slurm_available():
-        for line in _run(["squeue", "-r", "-h", "-j", arrays, "-o", "%i|%T|%r|%N"]).splitlines():
-            parts = line.split("|")
-            if len(parts) == 4:
-                for job in _expand(parts[0].strip()):
-                    found[job] = JobState(job, parts[1].strip().upper(), _clean(parts[2]), _clean(parts[3]))
-        for line in _run(["sacct", "-n", "-X", "-P", "-j", arrays, "-o", "JobID,State,ExitCode,Reason,NodeList"
-                          ]).splitlines():
-            parts = line.split("|")
-            if len(parts) != 5:
-                continue
-            state = parts[1].split()[0].upper() if parts[1].strip() else "UNKNOWN"  # "CANCELLED by 0"
+    for line in _run(["squeue", "-r", "-h", "-t", "all", "-j", arrays, "-o", "%i|%T|%r|%N"]).splitlines():
+        parts = line.split("|")
+        if len(parts) == 4:
             for job in _expand(parts[0].strip()):
-                if job not in found:  # squeue is fresher for a live job (sacct lags a few seconds)
-                    found[job] = JobState(job, state, _clean(parts[3]), _clean(parts[4]), _clean(parts[2]))
-    return {j: found.get(j, JobState(j, "UNKNOWN")) for j in wanted}
+                found[job] = JobState(job, parts[1].strip().upper(), _clean(parts[2]), _clean(parts[3]))
+    for line in _run(["sacct", "-n", "-X", "-P", "-j", arrays, "-o", "JobID,State,ExitCode,Reason,NodeList"
+                      ]).splitlines():
+        parts = line.split("|")
+        if len(parts) != 5:
+            continue
+        state = parts[1].split()[0].upper() if parts[1].strip() else "UNKNOWN"  # "CANCELLED by 0"
+        for job in _expand(parts[0].strip()):
+            if job not in found:  # squeue is fresher (sacct lags a few seconds)
+                found[job] = JobState(job, state, _clean(parts[3]), _clean(parts[4]), _clean(parts[2]))
+            elif found[job].exit_code is None and not found[job].alive:  # squeue has no exit code: add sacct's
+                found[job] = JobState(job, found[job].state, found[job].reason, found[job].node, _clean(parts[2]))
+    return {j: v for j, v in found.items() if j in wanted}
 
 
 def cancel_slurm(job_ids: list[str]) -> str | None:

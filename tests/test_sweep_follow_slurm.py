@@ -118,3 +118,25 @@ def test_submit_walk_away_then_status_logs_cancel_wait_and_retry(tmp_path, slurm
     # The data stage, shared by all three, ran once; seed 0 was not run again.
     assert layout.read_stage(Path(final[0]["stages"]["data"]["dir"]))["attempts"] == 1
     assert final[0]["attempts"] == 1
+
+
+def test_scheduler_states_of_running_pending_and_cancelled_array_tasks(tmp_path, slurm_cluster):  # noqa: F811
+    """`slurm_jobs` reads squeue and sacct as this Slurm writes them: a pending task's reason, and a cancelled
+    task that never started (sacct folds those into one row, `12_[2-3%1]`)."""
+    from launchers.scheduler import slurm_jobs
+
+    out = subprocess.run(["sbatch", "--parsable", "--array=0-3%1", "-p", slurm_cluster.partition, "-c", "1",
+                          "--mem", "100M", "-o", str(tmp_path / "%A_%a.out"), "--wrap", "sleep 60"],
+                         capture_output=True, text=True, check=True, cwd=tmp_path)
+    array = out.stdout.strip().split(";")[0]
+    ids = [f"{array}_{i}" for i in range(4)]
+    _wait_until(lambda: slurm_jobs(ids)[ids[0]].state == "RUNNING", 60, "the first task to run")
+    live = slurm_jobs(ids + ["999999_0"])
+    assert live[ids[0]].alive and live[ids[0]].node == "localhost"
+    assert live[ids[2]].state == "PENDING" and live[ids[2]].reason == "JobArrayTaskLimit" and live[ids[2]].alive
+    assert live["999999_0"].state == "UNKNOWN" and not live["999999_0"].alive
+    subprocess.run(["scancel", array], check=True)
+    _wait_until(lambda: not any(s.alive for s in slurm_jobs(ids).values()), 60, "every task to end")
+    ended = slurm_jobs(ids)
+    assert {s.state for s in ended.values()} == {"CANCELLED"}, ended
+    assert "slurm job " + ids[3] + " CANCELLED" in ended[ids[3]].describe()
