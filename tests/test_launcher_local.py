@@ -79,3 +79,16 @@ def test_failing_trial_is_reported_with_its_error(tmp_path, capsys):
     assert main(["sweep", "status", str(path), "--workdir", str(workdir)]) == 0
     out = capsys.readouterr().out
     assert re.search(re.escape(record["trial_id"]) + r"\s+failed\s+local\s+stage cams\n.*injected fault", out), out
+
+
+def test_no_wait_is_refused_where_the_submitter_must_stay(tmp_path, capsys):
+    """Local trials are the submitter's children, and a Ray instance it starts ends with it: --no-wait is one
+    message before anything is written."""
+    path = write_sweep(tmp_path / "s.yaml", tiny_sweep("nowait"))
+    workdir = tmp_path / "work"
+    for launcher, why in (("local", "the local launcher's trials are its child processes"),
+                          ("ray", "without --address (or launcher.ray.address)")):
+        assert main(["sweep", "run", str(path), "--workdir", str(workdir), "--launcher", launcher, "--no-wait"]) == 2
+        err = capsys.readouterr().err
+        assert f"--no-wait: {why}" in err and "valid: --launcher slurm" in err and "Traceback" not in err
+    assert not workdir.exists()
