@@ -13,7 +13,8 @@ trap 'kill "${hogs[@]}" 2>/dev/null; wait 2>/dev/null' EXIT
 echo "$(nproc) cores, $N CPU-bound processes beside the tests; $(uptime)"
 for k in $(seq "$K"); do
   start=$SECONDS
-  "$PY" -m pytest -q -p no:cacheprovider tests/test_launcher_slurm.py tests/test_slurm_cluster.py \
-    tests/test_sweep_follow_slurm.py 2>&1 | tail -n 1
-  echo "round $k: exit ${PIPESTATUS[0]} in $((SECONDS - start)) s; $(uptime)"
+  "$PY" -m pytest -q -rf -p no:cacheprovider tests/test_launcher_slurm.py tests/test_slurm_cluster.py \
+    tests/test_sweep_follow_slurm.py >"${LOG:-/tmp/slurm_under_load}.$k.log" 2>&1
+  grep -E "^FAILED|^E   .*Error|passed|failed" "${LOG:-/tmp/slurm_under_load}.$k.log" | tail -n 6
+  echo "round $k: in $((SECONDS - start)) s (log ${LOG:-/tmp/slurm_under_load}.$k.log); $(uptime)"
 done
