@@ -161,7 +161,11 @@ def submit_job(spec: SweepSpec, trials: list[TrialSpec], opts: SubmitOptions, ad
     from .scheduler import ray_client
 
     sid = f"wsss-{spec.name}-{int(layout.now() * 1000)}-{os.getpid()}"
-    owner = {"launcher": "ray", "ray_job": sid, "address": address, "job_id": sid, "host": None, "pid": None}
+    client = ray_client(address)
+    # The job server's URL: status/wait/cancel/logs ask it over HTTP (a cluster address would make each of
+    # them hold a GCS connection, which aborts its process once the cluster is gone).
+    server = client.get_address()
+    owner = {"launcher": "ray", "ray_job": sid, "address": server, "job_id": sid, "host": None, "pid": None}
     paths = []
     for trial in trials:
         trial.owner = owner
@@ -171,16 +175,15 @@ def submit_job(spec: SweepSpec, trials: list[TrialSpec], opts: SubmitOptions, ad
                                  "max_concurrent": opts.max_concurrent,
                                  "cpus_per_task": float(spec.resources.cpus_per_task), "storage": str(storage)})
     env = {k: os.environ[k] for k in ("PYTHONPATH", "WSSS_GT_CACHE") if os.environ.get(k)}
-    client = ray_client(address)
     for trial in trials:  # recorded before the job can start: it then finds its own owner in place
         with layout.update_trial(trial.record_path) as record:
             record.update({"owner": owner, "launcher": "ray", "job_id": sid,
-                           "ray_job": {"id": sid, "address": address}})
+                           "ray_job": {"id": sid, "address": server}})
     client.submit_job(entrypoint=f"{json.dumps(sys.executable)} -m launchers.ray_launcher {json.dumps(str(manifest))}",
                       submission_id=sid, runtime_env={"env_vars": env} if env else None,
                       metadata={"wsss_sweep": spec.name})
-    print(f"[ray] submitted {len(trials)} trial(s) as Ray job {sid} on {address} "
-          f"(job server {client.get_address()})", file=stream, flush=True)
+    print(f"[ray] submitted {len(trials)} trial(s) as Ray job {sid} on {address} (job server {server})",
+          file=stream, flush=True)
     return sid
 
 

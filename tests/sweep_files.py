@@ -36,3 +36,22 @@ def write_sweep(path: str | Path, sweep: dict[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(sweep, sort_keys=False))
     return path
+
+
+def wsss_cli(*args: str, timeout: float = 300):
+    """The real `wsss` command in its own process (a submitter that exits, as on a login node); the
+    repository root is its working directory and it gets this process's environment (SLURM_CONF, ...)."""
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    return subprocess.run([sys.executable, "-m", "wsss.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=repo, env=dict(os.environ))
+
+
+def records_by_seed(workdir: str | Path, sweep: str) -> dict[int, dict[str, Any]]:
+    """A sweep's trial records keyed by seed."""
+    from wsss_core.pipeline import layout
+
+    return {r["seed"]: r for r in layout.list_trials(Path(workdir), sweep)}

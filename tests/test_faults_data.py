@@ -85,7 +85,8 @@ def test_plan_names_the_listed_ids_whose_files_are_missing(tmp_path, pristine, r
         in err and f"{ids[5]} ({root}/SegmentationClass/{ids[5]}.png)" in err, err
 
 
-def test_full_check_names_a_truncated_image_and_a_mask_class_id(tmp_path, pristine, root, capsys):
+def test_full_check_names_a_truncated_image_and_a_mask_class_id(tmp_path, pristine, root, capsys, monkeypatch):
+    monkeypatch.setenv("WSSS_PROGRESS", "1")  # CI turns progress lines off; this test reads them
     ids = _ids(root, "train")
     _truncate(root / "JPEGImages" / f"{ids[2]}.jpg")
     path = _sweep(tmp_path, root)

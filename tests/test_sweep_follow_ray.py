@@ -4,29 +4,16 @@ gone, and `status`, `logs`, `wait` and `cancel` follow the job."""
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from cluster_fixtures import REPO, ray_cluster  # noqa: F401
-from sweep_files import tiny_sweep, write_sweep
-from wsss_core.pipeline import layout
+from cluster_fixtures import ray_cluster  # noqa: F401
+from sweep_files import records_by_seed, tiny_sweep, wsss_cli, write_sweep
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
-
-
-def wsss(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "wsss.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO, env=dict(os.environ))
-
-
-def _records(workdir: Path, sweep: str) -> dict[int, dict]:
-    return {r["seed"]: r for r in layout.list_trials(workdir, sweep)}
 
 
 def test_ray_job_submit_walk_away_status_logs_wait_and_cancel(tmp_path, ray_cluster):  # noqa: F811
@@ -39,29 +26,29 @@ def test_ray_job_submit_walk_away_status_logs_wait_and_cancel(tmp_path, ray_clus
     workdir = tmp_path / "work"
     common = [str(path), "--workdir", str(workdir)]
 
-    submit = wsss("sweep", "run", *common, "--launcher", "ray")
+    submit = wsss_cli("sweep", "run", *common, "--launcher", "ray")
     assert submit.returncode == 0, submit.stdout + submit.stderr
     sid = re.search(r"as Ray job (\S+) on", submit.stdout).group(1)
     assert "submitted; the trials run without this process" in submit.stdout
-    records = _records(workdir, "rayjob")
+    records = records_by_seed(workdir, "rayjob")
     assert all(r["owner"]["ray_job"] == sid for r in records.values())
     assert not any(r["state"] in ("finished", "failed") for r in records.values())
 
-    status = wsss("sweep", "status", *common)
+    status = wsss_cli("sweep", "status", *common)
     assert status.returncode == 0 and f"ray job {sid} " in status.stdout, status.stdout + status.stderr
     assert re.search(rf"ray job {sid} (PENDING|RUNNING)", status.stdout), status.stdout
 
-    wait = wsss("sweep", "wait", *common, "--poll", "1", timeout=600)
+    wait = wsss_cli("sweep", "wait", *common, "--poll", "1", timeout=600)
     assert wait.returncode == 0, wait.stdout + wait.stderr
     assert "[wait] rayjob: 2/2 finished, 0 failed" in wait.stdout
-    done = _records(workdir, "rayjob")
+    done = records_by_seed(workdir, "rayjob")
     assert all(r["state"] == "finished" and Path(r["eval_json"]).is_file() for r in done.values())
     assert all(r["launcher"] == "ray" and r["attempts"] == 1 for r in done.values())
     client = mlflow.MlflowClient(f"sqlite:///{workdir}/mlflow.db")
     parent = client.search_runs([e.experiment_id for e in client.search_experiments()], "tags.`wsss.role` = 'sweep'")
     assert [r.info.status for r in parent] == ["FINISHED"]  # closed by `wait`, the submitter was gone
 
-    logs = wsss("sweep", "logs", str(path), done[1]["trial_id"], *common[1:])
+    logs = wsss_cli("sweep", "logs", str(path), done[1]["trial_id"], *common[1:])
     assert logs.returncode == 0 and f"==> ray job {sid}" in logs.stdout, logs.stdout + logs.stderr
     assert "[ray] job done: 2 finished, 0 not" in logs.stdout
 
@@ -71,22 +58,23 @@ def test_ray_job_submit_walk_away_status_logs_wait_and_cancel(tmp_path, ray_clus
     slow["base"]["train"].update({"max_steps": 40, "epochs": 20})
     slow_path = write_sweep(tmp_path / "rayslow.yaml", slow)
     slow_common = [str(slow_path), "--workdir", str(workdir)]
-    assert wsss("sweep", "run", *slow_common, "--launcher", "ray", "--no-tracking").returncode == 0
+    assert wsss_cli("sweep", "run", *slow_common, "--launcher", "ray", "--no-tracking").returncode == 0
     deadline = time.time() + 180
-    while time.time() < deadline and _records(workdir, "rayslow")[0].get("state") != "running":
+    while time.time() < deadline and records_by_seed(workdir, "rayslow")[0].get("state") != "running":
         time.sleep(0.5)
-    (trial,) = _records(workdir, "rayslow").values()
+    (trial,) = records_by_seed(workdir, "rayslow").values()
     assert trial["state"] == "running", trial
-    cancel = wsss("sweep", "cancel", *slow_common)
+    cancel = wsss_cli("sweep", "cancel", *slow_common)
     assert cancel.returncode == 0 and "1 trial(s) cancelled" in cancel.stdout, cancel.stdout + cancel.stderr
     from launchers.scheduler import ray_jobs
 
-    slow_sid = trial["owner"]["ray_job"]
+    slow_sid, server = trial["owner"]["ray_job"], trial["owner"]["address"]
+    assert server.startswith("http://")  # the job server, asked over HTTP (no GCS connection in this process)
     deadline = time.time() + 60
-    while time.time() < deadline and ray_jobs({slow_sid: ray_cluster})[slow_sid].state != "STOPPED":
+    while time.time() < deadline and ray_jobs({slow_sid: server})[slow_sid].state != "STOPPED":
         time.sleep(0.5)
-    assert ray_jobs({slow_sid: ray_cluster})[slow_sid].state == "STOPPED"
-    (after,) = _records(workdir, "rayslow").values()
+    assert ray_jobs({slow_sid: server})[slow_sid].state == "STOPPED"
+    (after,) = records_by_seed(workdir, "rayslow").values()
     assert after["state"] == "failed" and f"cancelled (ray job {slow_sid})" in after["error"]
-    status = wsss("sweep", "status", *slow_common)
+    status = wsss_cli("sweep", "status", *slow_common)
     assert re.search(r"failed\s+ray job", status.stdout) and "cancelled" in status.stdout, status.stdout

@@ -5,30 +5,18 @@ failure) is shown failed with the scheduler's state and rerun only by `--retry-f
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from cluster_fixtures import REPO, slurm_cluster  # noqa: F401
-from sweep_files import tiny_sweep, write_sweep
+from cluster_fixtures import slurm_cluster  # noqa: F401
+from sweep_files import records_by_seed, tiny_sweep, wsss_cli, write_sweep
 from wsss_core.pipeline import layout
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
-
-
-def wsss(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """The real CLI in its own process (the submitter that walks away)."""
-    return subprocess.run([sys.executable, "-m", "wsss.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO, env=dict(os.environ))
-
-
-def _records(workdir: Path, sweep: str) -> dict[int, dict]:
-    return {r["seed"]: r for r in layout.list_trials(workdir, sweep)}
 
 
 def _wait_until(predicate, timeout: float, what: str) -> None:
@@ -59,42 +47,42 @@ def test_submit_walk_away_then_status_logs_cancel_wait_and_retry(tmp_path, slurm
     common = [str(path), "--workdir", str(workdir)]
 
     started = time.time()
-    submit = wsss("sweep", "run", *common, "--launcher", "slurm")
+    submit = wsss_cli("sweep", "run", *common, "--launcher", "slurm")
     took = time.time() - started
     assert submit.returncode == 0, submit.stdout + submit.stderr
     assert "submitted; the trials run without this process" in submit.stdout
     assert "wsss sweep wait" in submit.stdout and "(submitted 3, reused 0)" in submit.stdout
-    records = _records(workdir, "walkaway")
+    records = records_by_seed(workdir, "walkaway")
     assert all(re.fullmatch(r"\d+_\d", r["job_id"]) for r in records.values()), records
     assert not any(r["state"] in ("finished", "failed") for r in records.values()), \
         f"the submitter waited for the trials ({took:.0f} s)"
 
     # The submitter is gone; the slow trials train in their jobs.
-    _wait_until(lambda: all(_records(workdir, "walkaway")[s]["stages"]["train"]["state"] == "running"
-                            or _records(workdir, "walkaway")[s]["state"] == "running" for s in (1, 2)), 180,
+    _wait_until(lambda: all(records_by_seed(workdir, "walkaway")[s]["stages"]["train"]["state"] == "running"
+                            or records_by_seed(workdir, "walkaway")[s]["state"] == "running" for s in (1, 2)), 180,
                 "the slow trials to start training")
-    status = wsss("sweep", "status", *common)
+    status = wsss_cli("sweep", "status", *common)
     assert status.returncode == 0, status.stderr
     for seed in (1, 2):
         job = records[seed]["job_id"]
         assert re.search(rf"{re.escape(records[seed]['trial_id'])}\s+(running|pending)\s+slurm job {job} RUNNING",
                          status.stdout), status.stdout
 
-    logs = wsss("sweep", "logs", str(path), records[1]["trial_id"][:-3], *common[1:], "-n", "200")  # a prefix
+    logs = wsss_cli("sweep", "logs", str(path), records[1]["trial_id"][:-3], *common[1:], "-n", "200")  # a prefix
     assert logs.returncode == 0, logs.stderr
     assert f"==> {records[1]['log']} <==" in logs.stdout and "submitit INFO" in logs.stdout, logs.stdout
 
     # Seed 1: cancelled with `wsss sweep cancel`; seed 2: its job killed from outside (what OOM or a node
     # failure look like to us: the job ends and the trial never records an outcome).
-    cancel = wsss("sweep", "cancel", str(path), records[1]["trial_id"], *common[1:])
+    cancel = wsss_cli("sweep", "cancel", str(path), records[1]["trial_id"], *common[1:])
     assert cancel.returncode == 0 and "1 trial(s) cancelled" in cancel.stdout, cancel.stdout + cancel.stderr
     subprocess.run(["scancel", records[2]["job_id"]], check=True)
     _wait_until(lambda: _sacct(records[2]["job_id"]) == "CANCELLED", 60, "sacct to record the scancel")
 
-    wait = wsss("sweep", "wait", *common, "--poll", "1")
+    wait = wsss_cli("sweep", "wait", *common, "--poll", "1")
     assert wait.returncode == 1, wait.stdout + wait.stderr  # not every trial finished
     assert "[wait] walkaway: 1/3 finished, 2 failed" in wait.stdout, wait.stdout
-    after = _records(workdir, "walkaway")
+    after = records_by_seed(workdir, "walkaway")
     assert after[0]["state"] == "finished" and Path(after[0]["eval_json"]).is_file()
     assert after[1]["state"] == "failed" and "cancelled (slurm job" in after[1]["error"]
     assert after[2]["state"] == "failed" and after[2]["scheduler"]["state"] == "CANCELLED"
@@ -106,13 +94,13 @@ def test_submit_walk_away_then_status_logs_cancel_wait_and_retry(tmp_path, slurm
     assert [r.info.status for r in parent] == ["FAILED"]  # `wait` closed the sweep's run the submitter left open
 
     # A plain rerun leaves failed trials alone; --retry-failed reruns both, and --wait blocks until done.
-    again = wsss("sweep", "run", *common, "--launcher", "slurm")
+    again = wsss_cli("sweep", "run", *common, "--launcher", "slurm")
     assert again.returncode == 1 and "(submitted 0, reused 1)" in again.stdout, again.stdout + again.stderr
     assert "2 failed (rerun with --retry-failed)" in again.stdout and "submitted; the trials" not in again.stdout
-    retry = wsss("sweep", "run", *common, "--launcher", "slurm", "--retry-failed", "--wait", timeout=600)
+    retry = wsss_cli("sweep", "run", *common, "--launcher", "slurm", "--retry-failed", "--wait", timeout=600)
     assert retry.returncode == 0, retry.stdout + retry.stderr
     assert "3 finished" in retry.stdout
-    final = _records(workdir, "walkaway")
+    final = records_by_seed(workdir, "walkaway")
     assert all(r["state"] == "finished" for r in final.values())
     assert final[2]["attempts"] == 2 and final[2]["job_id"] != records[2]["job_id"]
     # The data stage, shared by all three, ran once; seed 0 was not run again.
