@@ -21,8 +21,9 @@ write_sweep(sys.argv[1], tiny_sweep("walkaway", axes={"seed": [0, 1, 2]},
 PYEOF
 echo "$(nproc) cores; $(uptime)"
 start=$(date +%s.%N)
-"$PY" -m wsss.cli sweep run "$WORK/walkaway.yaml" --workdir "$WORK/work" --launcher slurm | head -n 2
+"$PY" -m wsss.cli sweep run "$WORK/walkaway.yaml" --workdir "$WORK/work" --launcher slurm >"$WORK/submit.log"
 submitted=$(date +%s.%N)
+grep -E "^\[(sweep|slurm)\]" "$WORK/submit.log" | head -n 2
 "$PY" -m wsss.cli sweep wait "$WORK/walkaway.yaml" --workdir "$WORK/work" --poll 1 | tail -n 1
 done_=$(date +%s.%N)
 awk -v a="$start" -v b="$submitted" -v c="$done_" \
