@@ -23,6 +23,21 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="accept a grid of more than 10,000 trials (refused by default: a typo in an axis)")
 
 
+def _positive(kind: type):
+    """An argparse type: a number of ``kind`` above 0, else one message saying what is valid."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not value > 0:
+            raise argparse.ArgumentTypeError(f"{text!r} is not valid; valid: a number above 0")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
 def _check_data(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--check-data", action="store_true",
                         help="decode every listed image and mask of the dataset before anything is submitted "
@@ -39,9 +54,11 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-tracking", action="store_true", help="no MLflow; metrics stay in each stage dir")
     wait = parser.add_mutually_exclusive_group()
     wait.add_argument("--wait", dest="wait", action="store_true", default=None,
-                      help="block until every trial has an outcome (the default for local and Ray)")
+                      help="block until every trial has an outcome (the default for local, and for Ray without "
+                      "--address)")
     wait.add_argument("--no-wait", dest="wait", action="store_false",
-                      help="return once every trial is submitted and recorded (the default for Slurm)")
+                      help="return once every trial is submitted and recorded (the default for Slurm, and for Ray "
+                      "given --address)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -64,14 +81,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_run_options(run)
     run.set_defaults(func=cmd_run)
     status = sub.add_parser("status", help="where each trial is: its record reconciled with the scheduler "
-                            "(Slurm job states and reasons) and the stage store")
+                            "(Slurm or Ray job states and reasons) and the stage store")
     _common(status)
     status.add_argument("--all", action="store_true", help="also list finished trials")
     status.set_defaults(func=cmd_status)
     wait = sub.add_parser("wait", help="block until every trial has an outcome; exit 0 when all finished")
     _common(wait)
-    wait.add_argument("--poll", type=float, default=10.0, help="seconds between looks at the scheduler (default 10)")
-    wait.add_argument("--timeout", type=float, default=None, help="give up after this many seconds (exit 124)")
+    wait.add_argument("--poll", type=_positive(float), default=10.0,
+                      help="seconds between looks at the scheduler (default 10)")
+    wait.add_argument("--timeout", type=_positive(float), default=None,
+                      help="give up after this many seconds (exit 124)")
     wait.set_defaults(func=cmd_wait)
     cancel = sub.add_parser("cancel", help="cancel running or queued trials (all, or those named)")
     _common(cancel)
@@ -81,7 +100,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     logs = sub.add_parser("logs", help="the tail of a trial's job log (Slurm) or rank logs (local)")
     _common(logs)
     logs.add_argument("trial", metavar="TRIAL", help="a trial id or a unique prefix of one")
-    logs.add_argument("-n", "--lines", type=int, default=40, help="how many lines (default 40)")
+    logs.add_argument("-n", "--lines", type=_positive(int), default=40, help="how many lines (default 40)")
     logs.set_defaults(func=cmd_logs)
     sweep.set_defaults(func=lambda args: (sweep.print_help(), 2)[1])
 
@@ -112,7 +131,7 @@ def run_and_summarise(args: argparse.Namespace, file: str) -> tuple[Any, Any]:
     SIGHUP stop the submitter like Ctrl-C: its local workers are stopped and their trials recorded as
     interrupted, so a rerun resumes them from their checkpoints (see :func:`stop_on_signals`)."""
     from .spec import load_sweep
-    from .records import format_status
+    from .follow import format_views, reconcile
     from .submit import run_sweep, summary_line
 
     spec = load_sweep(file, args.overrides, allow_large=getattr(args, "allow_large", False),
@@ -124,7 +143,7 @@ def run_and_summarise(args: argparse.Namespace, file: str) -> tuple[Any, Any]:
         restore_signals(previous)
     print(summary_line(outcome))
     if outcome.failed:
-        print(format_status(outcome.records, spec.name), file=sys.stderr)
+        print(format_views(reconcile(outcome.plan.trials), spec.name), file=sys.stderr)
     return spec, outcome
 
 

@@ -127,10 +127,9 @@ def select(trials: list[TrialSpec], names: list[str] | None, what: str) -> list[
 
 
 def close_tracking(trials: list[TrialSpec], ok: bool, stream: TextIO) -> None:
-    """End the sweep's MLflow parent run once every trial has an outcome (the submitter may be long gone)."""
-    ctx = next((t.tracking for t in trials if getattr(t, "tracking", None) is not None), None)
-    if ctx is None:
-        ctx = _tracking_from_specs(trials)
+    """End the sweep's MLflow parent run once every trial has an outcome (the submitter may be long gone):
+    its tracking context is in the trials' pickled specs."""
+    ctx = _tracking_from_specs(trials)
     if ctx is not None:
         finish_tracking(ctx, ok, stream)
 
@@ -145,10 +144,10 @@ def finish_tracking(ctx: Any, ok: bool, stream: TextIO) -> None:
 
 
 def _tracking_from_specs(trials: list[TrialSpec]) -> Any:
-    from .submit import load_trial_spec
+    from .submit import load_trial_spec, trial_spec_path
 
     for trial in trials:
-        path = layout.sweep_dir(Path(trial.workdir), trial.sweep) / "specs" / f"{trial.trial_id}.pkl"
+        path = trial_spec_path(trial)
         if path.is_file():
             try:
                 tracking = load_trial_spec(path).tracking

@@ -62,13 +62,11 @@ class Slots:
     sweep's ``slots/slot-K.lock`` files (flock) from start to end. The lock's file descriptor is inherited by
     the trial's ranks, so a slot stays taken while they run even if their submitter was killed."""
 
-    def __init__(self, folder: Path, limit: int | None):
+    def __init__(self, folder: Path, limit: int):
         self.folder, self.limit = folder, limit
 
     def take(self) -> int | None:
-        """The fd of a free slot (now held), or None when all are taken; -1 when there is no limit."""
-        if self.limit is None:
-            return -1
+        """The fd of a free slot (now held), or None when all are taken."""
         self.folder.mkdir(parents=True, exist_ok=True)
         for k in range(self.limit):
             fd = os.open(self.folder / f"slot-{k}.lock", os.O_RDWR | os.O_CREAT, 0o644)
@@ -83,7 +81,7 @@ class Slots:
 
     @staticmethod
     def give(fd: int | None) -> None:
-        if fd is not None and fd >= 0:
+        if fd is not None:
             os.close(fd)  # the lock goes when the ranks' inherited copies are closed too (they have exited)
 
 
@@ -112,7 +110,7 @@ def _start(trial: TrialSpec, gpus: list[int], slot: int | None = None) -> _Group
         with open(log, "ab") as handle:
             group.procs.append(subprocess.Popen([sys.executable, "-m", "launchers.worker", str(spec_path)],
                                                 env=env, stdout=handle, stderr=subprocess.STDOUT,
-                                                pass_fds=(slot,) if slot is not None and slot >= 0 else ()))
+                                                pass_fds=() if slot is None else (slot,)))
         group.logs.append(log)
     return group
 
@@ -145,7 +143,7 @@ def launch(spec: SweepSpec, plan: SweepPlan, trials: list[TrialSpec], opts: Subm
     memory = machine_memory_gb() * 0.9
     cap = opts.max_concurrent or settings.max_concurrent
     limit = cap or len(trials)
-    slots = Slots(layout.sweep_dir(plan.workdir, spec.name) / "slots", cap)
+    slots = Slots(layout.sweep_dir(plan.workdir, spec.name) / "slots", cap) if cap else None
     free_gpus = _visible_gpus() if any(t.resources["gpus_per_node"] for t in trials) else []
     queue = list(trials)
     running: list[_Group] = []
@@ -162,8 +160,8 @@ def launch(spec: SweepSpec, plan: SweepPlan, trials: list[TrialSpec], opts: Subm
                     break
                 if res.gpus_per_node > len(free_gpus):
                     break  # wait for a running trial to give its GPUs back
-                slot = slots.take()
-                if slot is None:
+                slot = slots.take() if slots else None
+                if slots and slot is None:
                     break  # another submitter of this sweep (or its orphaned ranks) holds every slot
                 given, free_gpus = free_gpus[:res.gpus_per_node], free_gpus[res.gpus_per_node:]
                 trial = queue.pop(0)

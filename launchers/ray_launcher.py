@@ -16,11 +16,14 @@ stages are skipped on the retry, training resumes from its checkpoint.
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
+from wsss_core.atomic import write_json_atomic
 from wsss_core.config import to_dict
 from wsss_core.errors import ConfigError
 
@@ -153,11 +156,6 @@ def launch(spec: SweepSpec, plan: SweepPlan, trials: list[TrialSpec], opts: Subm
 def submit_job(spec: SweepSpec, trials: list[TrialSpec], opts: SubmitOptions, address: str, storage: Path,
                stream: Any) -> str:
     """Submit the trials as one Ray job running :func:`main` on the cluster; each record names the job."""
-    import json
-    import sys
-
-    from wsss_core.atomic import write_json_atomic
-
     from .scheduler import ray_client
 
     sid = f"wsss-{spec.name}-{int(layout.now() * 1000)}-{os.getpid()}"
@@ -237,9 +235,6 @@ def run_tune(trials: list[TrialSpec], settings: RaySettings, storage: Path, max_
 def main(argv: list[str] | None = None) -> int:
     """The Ray job's entrypoint: run a submitted sweep's trials with Tune on this cluster, record the trials
     that died without an outcome."""
-    import json
-    import sys
-
     import ray
 
     from . import records

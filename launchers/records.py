@@ -2,14 +2,12 @@
 
 The runner (``wsss_core.pipeline.runner``) updates a record while its trial runs; here the submitter
 refreshes the plan fields, claims trials (finished → skipped, live owner → re-attached, failed → skipped
-unless retried, dead owner → stale, rerun) and reports. Paths, locks and the record format are the work
+unless retried, dead owner → stale, rerun); `wsss sweep status` shows them (:mod:`launchers.follow`). Paths, locks and the record format are the work
 dir's layout (:mod:`wsss_core.pipeline.layout`).
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from pathlib import Path
 from typing import Any
 
 from wsss_core.pipeline import TrialSpec, layout
@@ -157,20 +155,3 @@ def mark_interrupted(trial: TrialSpec, note: str) -> None:
             return
         if record.get("state") in ("pending", "running"):
             record.update({"state": "pending", "owner": None, "error": note, "interrupted": layout.now()})
-
-
-def format_status(records: list[dict[str, Any]], sweep: str) -> str:
-    counts = Counter(r.get("state", "pending") for r in records)
-    lines = [f"sweep {sweep}: {len(records)} trials: " + ", ".join(f"{counts[s]} {s}" for s in layout.STATES
-                                                                   if counts[s])]
-    running = [r for r in records if r.get("state") == "running"]
-    for r in running:
-        owner = r.get("owner") or {}
-        stage = next((n for n, s in r.get("stages", {}).items() if s.get("state") != "finished"), "?")
-        alive = "alive" if owner_alive(owner) else "owner gone (stale)"
-        lines.append(f"  running  {r['trial_id']}  stage {stage}  {owner.get('launcher')} "
-                     f"{owner.get('job_id') or 'pid ' + str(owner.get('pid'))} on {owner.get('host')} ({alive})")
-    for r in records:
-        if r.get("state") == "failed":
-            lines.append(f"  failed   {r['trial_id']}  attempts {r.get('attempts', 0)}: {r.get('error')}")
-    return "\n".join(lines)

@@ -111,8 +111,13 @@ def _tracking(plan: SweepPlan, opts: SubmitOptions, stream) -> Any:
     return prepare_sweep_tracking(spec.name, opts.tracking_uri or settings.uri, plan.workdir, params, tags)
 
 
+def trial_spec_path(trial: TrialSpec) -> Path:
+    """Where a trial's pickled spec lives (written for its processes, read back by `wsss sweep wait`)."""
+    return layout.sweep_dir(Path(trial.workdir), trial.sweep) / "specs" / f"{trial.trial_id}.pkl"
+
+
 def write_trial_spec(trial: TrialSpec) -> Path:
-    path = layout.sweep_dir(Path(trial.workdir), trial.sweep) / "specs" / f"{trial.trial_id}.pkl"
+    path = trial_spec_path(trial)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(pickle.dumps(trial))
@@ -144,6 +149,8 @@ def run_sweep(spec: SweepSpec | str | Path, workdir: str | Path | None = None, o
 def _run_planned(spec: SweepSpec, plan: SweepPlan, backend: Backend, opts: SubmitOptions, stream) -> SweepOutcome:
     layout.prepare_workdir(plan.workdir)
     sweep_folder = layout.sweep_dir(plan.workdir, spec.name)
+    if sweep_folder.is_dir():  # folders another user made (trials/, specs/, ...): refused before anything is written
+        layout.check_writable(f"sweep folder {sweep_folder}", [sweep_folder, *sweep_folder.iterdir()])
     try:
         sweep_folder.mkdir(parents=True, exist_ok=True)
         write_json_atomic(sweep_folder / "sweep.json", {"name": spec.name, "file": spec.path, "base": spec.base,
@@ -153,12 +160,8 @@ def _run_planned(spec: SweepSpec, plan: SweepPlan, backend: Backend, opts: Submi
                                                         "resources": to_dict(spec.resources)})
     except OSError as exc:
         raise ConfigError(f"sweep folder {sweep_folder}: cannot write there ({type(exc).__name__}: "
-                          f"{exc.strerror or exc}); give a writable --workdir") from None
-    # Folders another user made (trials/, specs/, logs/...): refused now, not half-way through the claims.
-    for folder in [sweep_folder, *(f for f in sweep_folder.iterdir() if f.is_dir())]:
-        if not os.access(folder, os.W_OK | os.X_OK):
-            raise ConfigError(f"sweep folder {sweep_folder}: cannot write in {folder} (Permission denied); give a "
-                              "writable --workdir, or ask its owner to make it writable for you")
+                          f"{exc.strerror or exc}); {layout.WRITABLE_FIX}") from None
+
     ctx = _tracking(plan, opts, stream)
     outcome = claim_trials(plan, opts, getattr(ctx, "parent_run_id", None))
     print(f"[sweep] {spec.name}: {len(plan.trials)} trials: {len(outcome.ran)} to run, "

@@ -133,13 +133,19 @@ def test_a_work_dir_this_user_cannot_write_is_one_message(shared_tmp):
         folder.mkdir()
         folder.chmod(0o777)
     sweep_folder.mkdir(mode=0o755)
+    inner = layout.sweep_dir(shared_tmp / "inner", SWEEP)  # a writable sweep folder whose trials/ another user made
+    layout.prepare_workdir(inner.parent.parent)
+    for folder in (shared_tmp / "inner", inner.parent, layout.stages_root(shared_tmp / "inner"), inner):
+        folder.mkdir(exist_ok=True)
+        folder.chmod(0o777)
+    (inner / "trials").mkdir(mode=0o755)
     fix = "; give a writable folder with --workdir (or $WSSS_WORKDIR)"
     denied = "(PermissionError: Permission denied)"
     cases = [(owned, f"work dir {owned}: cannot write there {denied}{fix}"),
              (owned / "new", f"work dir {owned / 'new'}: cannot write there {denied}{fix}"),
              (shared, f"work dir {shared}: cannot write in {shared / 'sweeps'} {denied}{fix}"),
-             (shared_tmp / "mine", f"sweep folder {sweep_folder}: cannot write there {denied}; give a writable "
-                                   "--workdir")]
+             (shared_tmp / "mine", f"sweep folder {sweep_folder}: cannot write in {sweep_folder} {denied}{fix}"),
+             (shared_tmp / "inner", f"sweep folder {inner}: cannot write in {inner / 'trials'} {denied}{fix}")]
     for workdir, message in cases:
         before = sorted(p.name for p in shared_tmp.rglob("*"))
         proc = subprocess.run([*prefix, "-m", "wsss.cli", "sweep", "run", str(path), "--workdir", str(workdir),

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from cluster_fixtures import slurm_cluster  # noqa: F401
-from launchers.records import format_status
+from launchers.follow import format_views, reconcile
 from launchers.spec import load_sweep
 from launchers.submit import SubmitOptions, run_sweep
 from sweep_files import tiny_sweep, write_sweep
@@ -62,7 +62,7 @@ def test_slurm_sweep_preemption_resume_and_failure(tmp_path, slurm_cluster):  # 
     by_seed = {r["seed"]: r for r in outcome.records}
 
     resumed = by_seed[0]
-    assert resumed["state"] == "finished", format_status(outcome.records, "slurmsweep")
+    assert resumed["state"] == "finished", format_views(reconcile(outcome.plan.trials), "slurmsweep")
     assert resumed["attempts"] == 2 and resumed["launcher"] == "slurm"
     train_record = layout.read_stage(Path(resumed["stages"]["train"]["dir"]))
     assert train_record["attempts"] == 2 and train_record["summary"]["resumed_from_step"] > 0
@@ -85,7 +85,7 @@ def test_slurm_sweep_preemption_resume_and_failure(tmp_path, slurm_cluster):  # 
     failed = by_seed[1]
     assert failed["state"] == "failed" and "injected fault" in failed["error"] and "stage train" in failed["error"]
     assert not outcome.ok
-    assert "injected fault" in format_status(outcome.records, "slurmsweep")
+    assert "injected fault" in format_views(reconcile(outcome.plan.trials), "slurmsweep")
 
 
 def _trial_config(workdir: Path, trial_id: str) -> dict:

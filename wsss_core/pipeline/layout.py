@@ -32,7 +32,7 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from ..atomic import write_json_atomic
 from ..errors import ConfigError
@@ -112,13 +112,21 @@ def prepare_workdir(workdir: Path) -> None:
                                                              "layout": LAYOUT_HISTORY[LAYOUT_VERSION]})
     except OSError as exc:  # read-only, not a folder, full: before any trial is claimed or started
         raise ConfigError(f"work dir {workdir}: cannot write there ({type(exc).__name__}: {exc.strerror or exc}); "
-                          "give a writable folder with --workdir (or $WSSS_WORKDIR)") from None
+                          f"{WRITABLE_FIX}") from None
     # A work dir made by another user: layout.json is there already, so nothing above wrote; its folders must be
     # writable too, or the submitter fails half-way.
-    for folder in (Path(workdir), Path(workdir) / "sweeps", stages_root(workdir)):
+    check_writable(f"work dir {workdir}", (Path(workdir), Path(workdir) / "sweeps", stages_root(workdir)))
+
+
+WRITABLE_FIX = "give a writable folder with --workdir (or $WSSS_WORKDIR)"
+
+
+def check_writable(label: str, folders: Iterable[Path]) -> None:
+    """One ConfigError naming the first existing folder of ``folders`` this user cannot write in (e.g. made by
+    another user), before anything is claimed or written there."""
+    for folder in folders:
         if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
-            raise ConfigError(f"work dir {workdir}: cannot write in {folder} (PermissionError: Permission denied); "
-                              "give a writable folder with --workdir (or $WSSS_WORKDIR)")
+            raise ConfigError(f"{label}: cannot write in {folder} (PermissionError: Permission denied); {WRITABLE_FIX}")
 
 
 # -- locks ----------------------------------------------------------------------------------------------
